@@ -1,0 +1,1 @@
+"""bakehouse: stim -> rollout training data, Bread-compatible."""

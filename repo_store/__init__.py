@@ -1,0 +1,22 @@
+"""Every byte on storage: resources, the job protocol (claims, chunks, manifest) and the page reader."""
+
+from repo_store.jobs import Attempt, ChunkRecord, Job, JobStatus
+from repo_store.pages import MAX_PAGE_LIMIT, Page
+from repo_store.parts import rows_to_table
+from repo_store.storage import Storage
+from repo_store.store import DEFAULT_WORKSPACE, Store, StoredTarget, Workspace
+
+__all__ = [
+    "DEFAULT_WORKSPACE",
+    "MAX_PAGE_LIMIT",
+    "Attempt",
+    "ChunkRecord",
+    "Job",
+    "JobStatus",
+    "Page",
+    "Storage",
+    "Store",
+    "StoredTarget",
+    "Workspace",
+    "rows_to_table",
+]

@@ -1,0 +1,334 @@
+"""The job protocol: claims, chunks and a manifest on storage. Storage is the only source of truth.
+
+A job (one stim or one rollout of one target) lives in one folder:
+
+    plan.json                  created once by the first attempt: how the work splits into chunks
+    claims/000003.json         create-if-absent; the highest generation owns the job
+    heartbeats/000003.json     overwritten by that owner only; a claim is live while this is fresh
+    failures/000003.json       the owner gave up: the job is `failed` with this error
+    parts/000012-g000003.parquet   chunk 12 as written by attempt 3 (attempt-scoped, never overwritten)
+    chunks/000012.json         create-if-absent commit marker for chunk 12, pointing at its part
+    manifest.json              create-if-absent commit point of the whole job: `complete`
+
+Resuming is the normal path: a new attempt claims the next generation, skips every chunk that has a
+marker, and does the rest. A crashed attempt's parts without a marker are never read. Two attempts
+racing on one chunk is harmless: the first marker wins and both wrote the same deterministic rows.
+At completion the chunk parts are compacted into large parts (full row groups) so pages of a finished
+job cost one ranged read.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from repo_store.parts import PartInfo, write_part
+from repo_store.storage import Storage
+
+JobKind = Literal["stim", "rollout"]
+JobState = Literal["not_started", "running", "complete", "failed"]
+
+COMPACTED_PART_ROWS = 25_000
+
+
+def lease_seconds() -> float:
+    return float(os.environ.get("BAKEHOUSE_LEASE_SECONDS", "60"))
+
+
+def _gen_name(gen: int) -> str:
+    return f"{gen:06d}.json"
+
+
+@dataclass
+class JobStatus:
+    status: JobState
+    lines: int = 0
+    total_expected: int | None = None
+    progress_percent: float | None = None
+    error: str | None = None
+    attempt: int | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChunkRecord:
+    index: int
+    part: PartInfo
+    gen: int
+    stats: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ChunkRecord:
+        return cls(index=data["index"], part=PartInfo.from_json(data["part"]), gen=data["gen"], stats=data.get("stats", {}))
+
+
+class Job:
+    def __init__(self, storage: Storage, folder: str, kind: JobKind):
+        self.storage = storage
+        self.folder = folder
+        self.kind = kind
+        # Markers and the manifest never change once written, so a parsed copy stays true.
+        self._chunk_cache: dict[int, ChunkRecord] = {}
+        self._manifest: dict[str, Any] | None = None
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.folder, *parts])
+
+    # -- reading state -------------------------------------------------------------------------
+
+    def manifest(self) -> dict[str, Any] | None:
+        if self._manifest is None:
+            self._manifest = self.storage.read_json(self._path("manifest.json"))
+        return self._manifest
+
+    def plan(self) -> dict[str, Any] | None:
+        return self.storage.read_json(self._path("plan.json"))
+
+    def chunks(self) -> dict[int, ChunkRecord]:
+        """Every committed chunk (one listing; markers already seen are not re-read)."""
+        found: dict[int, ChunkRecord] = {}
+        for name in self.storage.list_names(self._path("chunks")):
+            if not name.endswith(".json"):
+                continue
+            index = int(name.removesuffix(".json"))
+            if index not in self._chunk_cache:
+                data = self.storage.read_json(self._path("chunks", name))
+                if data is None:
+                    continue
+                self._chunk_cache[index] = ChunkRecord.from_json(data)
+            found[index] = self._chunk_cache[index]
+        return found
+
+    def committed_parts(self) -> list[PartInfo]:
+        """Parts in output order: the manifest's when complete, else the unbroken prefix of chunks.
+
+        Only the prefix is shown while running so that a page, once read, never changes: a chunk that
+        finishes early (another shard) appears when every chunk before it is there.
+        """
+        manifest = self.manifest()
+        if manifest is not None:
+            return [PartInfo.from_json(p) for p in manifest["parts"]]
+        chunks = self.chunks()
+        parts = []
+        index = 0
+        while index in chunks:
+            parts.append(chunks[index].part)
+            index += 1
+        return parts
+
+    def _latest_claim(self) -> tuple[int, dict[str, Any]] | None:
+        names = [n for n in self.storage.list_names(self._path("claims")) if n.endswith(".json")]
+        if not names:
+            return None
+        gen = int(names[-1].removesuffix(".json"))
+        claim = self.storage.read_json(self._path("claims", names[-1]))
+        return gen, claim or {}
+
+    def _claim_alive(self, gen: int, claim: dict[str, Any]) -> bool:
+        beat = self.storage.read_json(self._path("heartbeats", _gen_name(gen)))
+        if beat is not None and beat.get("released"):
+            return False
+        last = beat["at"] if beat is not None else claim.get("at", 0.0)
+        if time.time() - last > lease_seconds():
+            return False
+        # Same machine: a dead pid frees the job at once instead of after the lease.
+        if claim.get("host") == socket.gethostname() and claim.get("pid"):
+            return _pid_alive(int(claim["pid"]))
+        return True
+
+    def status(self) -> JobStatus:
+        manifest = self.manifest()
+        plan = self.plan() or {}
+        total = plan.get("total_expected")
+        if manifest is not None:
+            return JobStatus(
+                "complete",
+                lines=manifest["lines"],
+                total_expected=total,
+                progress_percent=100.0,
+                attempt=manifest.get("gen"),
+                summary=manifest.get("summary", {}),
+            )
+        latest = self._latest_claim()
+        if latest is None:
+            return JobStatus("not_started", total_expected=total)
+        gen, claim = latest
+        chunks = self.chunks()
+        lines = sum(p.rows for p in self.committed_parts())
+        progress = _progress(chunks, plan)
+        failure = self.storage.read_json(self._path("failures", _gen_name(gen)))
+        if failure is not None:
+            return JobStatus("failed", lines, total, progress, failure["error"], gen, failure.get("summary", {}))
+        if not self._claim_alive(gen, claim):
+            error = "the job stopped without finishing (its worker is gone); start it again to resume"
+            return JobStatus("failed", lines, total, progress, error, gen)
+        return JobStatus("running", lines, total, progress, None, gen)
+
+    # -- taking part ---------------------------------------------------------------------------
+
+    def claim(self, owner: str = "") -> Attempt | None:
+        """Become the job's owner, or return None when it is complete or someone live owns it."""
+        if self.manifest() is not None:
+            return None
+        latest = self._latest_claim()
+        if latest is not None and self._claim_alive(*latest):
+            return None
+        gen = (latest[0] + 1) if latest else 1
+        token = uuid.uuid4().hex
+        claim = {"gen": gen, "owner": owner, "token": token, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
+        if not self.storage.create_json(self._path("claims", _gen_name(gen)), claim):
+            return None
+        attempt = Attempt(self, gen, token)
+        attempt.heartbeat()
+        return attempt
+
+    def create_plan(self, plan: dict[str, Any]) -> dict[str, Any]:
+        """The first attempt fixes the plan; later ones must follow it (chunk boundaries must not move)."""
+        self.storage.create_json(self._path("plan.json"), plan)
+        return self.plan() or plan
+
+    def delete(self) -> None:
+        self.storage.delete_tree(self.folder)
+        self._chunk_cache.clear()
+        self._manifest = None
+
+    # -- reading parts -------------------------------------------------------------------------
+
+    def part_path(self, part: PartInfo) -> str:
+        return self._path(part.path)
+
+    def read_chunk_table(self, index: int) -> pa.Table:
+        record = self.chunks()[index]
+        data = self.storage.read_bytes(self.part_path(record.part))
+        if data is None or len(data) != record.part.bytes:
+            raise RuntimeError(f"chunk {index} of {self.folder} is missing or truncated")
+        return pq.read_table(pa.BufferReader(data))
+
+
+class Attempt:
+    """One owner's run of a job. Everything it writes is scoped by its generation."""
+
+    def __init__(self, job: Job, gen: int, token: str):
+        self.job = job
+        self.gen = gen
+        self.token = token
+        self._stop_beating = threading.Event()
+        self._beater: threading.Thread | None = None
+
+    def heartbeat(self, **progress: Any) -> None:
+        self.job.storage.write_json(
+            self.job._path("heartbeats", _gen_name(self.gen)), {"at": time.time(), "token": self.token, **progress}
+        )
+
+    def keep_alive(self) -> Attempt:
+        """Heartbeat from a background thread until the attempt ends (or its process dies)."""
+
+        def beat() -> None:
+            while not self._stop_beating.wait(lease_seconds() / 4):
+                try:
+                    self.heartbeat()
+                except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
+                    pass
+
+        self._beater = threading.Thread(target=beat, name=f"heartbeat-{self.gen}", daemon=True)
+        self._beater.start()
+        return self
+
+    def _stop(self) -> None:
+        self._stop_beating.set()
+
+    def is_current(self) -> bool:
+        latest = self.job._latest_claim()
+        return latest is not None and latest[0] == self.gen
+
+    def commit_chunk(self, index: int, table: pa.Table, stats: dict[str, Any] | None = None) -> ChunkRecord:
+        """Write chunk `index` and commit it. If another attempt committed it first, theirs stands."""
+        data, row_groups = write_part([table])
+        part = PartInfo(path=f"parts/{index:06d}-g{self.gen:06d}.parquet", rows=table.num_rows, bytes=len(data), row_groups=row_groups)
+        self.job.storage.write_bytes(self.job.part_path(part), data)
+        record = {"index": index, "part": part.to_json(), "gen": self.gen, "stats": stats or {}}
+        self.job.storage.create_json(self.job._path("chunks", f"{index:06d}.json"), record)
+        return self.job.chunks()[index]
+
+    def complete(self, num_chunks: int, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Compact every chunk into large parts and create the manifest (the job's commit point)."""
+        chunks = self.job.chunks()
+        missing = [i for i in range(num_chunks) if i not in chunks]
+        if missing:
+            raise RuntimeError(f"cannot complete {self.job.folder}: chunks {missing[:10]} are not committed")
+        parts = list(self._compact([chunks[i] for i in range(num_chunks)]))
+        manifest = {
+            "kind": self.job.kind,
+            "gen": self.gen,
+            "lines": sum(p.rows for p in parts),
+            "parts": [p.to_json() for p in parts],
+            "summary": summary or {},
+            "completed_at": time.time(),
+        }
+        self.job.storage.create_json(self.job._path("manifest.json"), manifest)
+        self._stop()
+        return self.job.manifest() or manifest
+
+    def _compact(self, records: list[ChunkRecord]) -> Iterator[PartInfo]:
+        group: list[ChunkRecord] = []
+        rows = 0
+        for record in records:
+            if not record.part.rows:
+                continue
+            group.append(record)
+            rows += record.part.rows
+            if rows >= COMPACTED_PART_ROWS:
+                yield self._write_compacted(group)
+                group, rows = [], 0
+        if group:
+            yield self._write_compacted(group)
+
+    def _write_compacted(self, group: list[ChunkRecord]) -> PartInfo:
+        data, row_groups = write_part(self.job.read_chunk_table(r.index) for r in group)
+        part = PartInfo(
+            path=f"parts/compact-{group[0].index:06d}-g{self.gen:06d}.parquet",
+            rows=sum(r.part.rows for r in group),
+            bytes=len(data),
+            row_groups=row_groups,
+        )
+        self.job.storage.write_bytes(self.job.part_path(part), data)
+        return part
+
+    def fail(self, error: str, summary: dict[str, Any] | None = None) -> None:
+        self.job.storage.create_json(
+            self.job._path("failures", _gen_name(self.gen)), {"error": error, "at": time.time(), "summary": summary or {}}
+        )
+        self.release()
+
+    def release(self) -> None:
+        """Stop heartbeating without finishing: the next claim resumes at once."""
+        self._stop()
+        self.job.storage.write_json(self.job._path("heartbeats", _gen_name(self.gen)), {"at": time.time(), "token": self.token, "released": True})
+
+
+def _progress(chunks: dict[int, ChunkRecord], plan: dict[str, Any]) -> float | None:
+    num_chunks = plan.get("num_chunks")
+    if not num_chunks:
+        return None
+    return round(100.0 * len(chunks) / num_chunks, 2)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,97 @@
+"""The page reader: rows [offset, offset + limit) of a job's output without scanning earlier parts.
+
+Part row counts and row-group sizes come from the manifest (or chunk markers while running), so the
+reader knows which row groups hold the page before it touches a byte. Each file is opened with its
+known size and no read-ahead (`cache_type="none"`), and parsed footers are cached, so a warm page
+costs one ranged read per part it spans.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from repo_store.jobs import Job
+from repo_store.parts import ROW_COLUMN, PartInfo, decode_rows
+
+MAX_PAGE_LIMIT = 1000
+
+
+@dataclass
+class Page:
+    rows: list[dict[str, Any]]
+    offset: int
+    limit: int
+    lines: int
+    has_more: bool
+
+
+class FooterCache:
+    """Parsed Parquet footers by path. Parts are immutable (attempt-scoped names), so never stale."""
+
+    def __init__(self, capacity: int = 512):
+        self.capacity = capacity
+        self._items: OrderedDict[str, pq.FileMetaData] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> pq.FileMetaData | None:
+        with self._lock:
+            meta = self._items.get(path)
+            if meta is not None:
+                self._items.move_to_end(path)
+            return meta
+
+    def put(self, path: str, meta: pq.FileMetaData) -> None:
+        with self._lock:
+            self._items[path] = meta
+            self._items.move_to_end(path)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+
+def read_page(job: Job, *, offset: int, limit: int, footers: FooterCache) -> Page:
+    if offset < 0:
+        raise ValueError("offset must be >= 0")
+    if not 1 <= limit <= MAX_PAGE_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE_LIMIT}")
+    parts = job.committed_parts()
+    lines = sum(p.rows for p in parts)
+    rows: list[dict[str, Any]] = []
+    end = min(offset + limit, lines)
+    start_of_part = 0
+    for part in parts:
+        end_of_part = start_of_part + part.rows
+        if end_of_part > offset and start_of_part < end:
+            rows.extend(_read_rows(job, part, offset - start_of_part, end - start_of_part, footers))
+        start_of_part = end_of_part
+        if start_of_part >= end:
+            break
+    return Page(rows=rows, offset=offset, limit=limit, lines=lines, has_more=end < lines)
+
+
+def _read_rows(job: Job, part: PartInfo, start: int, stop: int, footers: FooterCache) -> list[dict[str, Any]]:
+    """Rows [start, stop) of one part (positions relative to the part, clipped to it)."""
+    start, stop = max(start, 0), min(stop, part.rows)
+    groups, first_row, row = [], None, 0
+    for index, size in enumerate(part.row_groups):
+        if row + size > start and row < stop:
+            groups.append(index)
+            if first_row is None:
+                first_row = row
+        row += size
+    if not groups:
+        return []
+    path = job.part_path(part)
+    with job.storage.open_for_range_reads(path, part.bytes) as handle:
+        meta = footers.get(path)
+        # pre_buffer coalesces the needed column chunks (adjacent for consecutive groups) into one read.
+        parquet = pq.ParquetFile(handle, metadata=meta, pre_buffer=True)
+        if meta is None:
+            footers.put(path, parquet.metadata)
+        table = parquet.read_row_groups(groups, columns=[ROW_COLUMN])
+    assert first_row is not None
+    return decode_rows(table.slice(start - first_row, stop - start))

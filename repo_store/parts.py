@@ -1,0 +1,88 @@
+"""Parquet parts: how output rows are laid out in a file.
+
+A part has id columns (`stimulus_id`, and `trajectory_id` for rollouts) for people who query the
+Parquet directly, and a `row` column holding the row as Bread sends it, as JSON text. Bread rows are
+free-form chat structures (content may be a string, a list of parts or null; messages carry extra
+keys), which nested Parquet types would force into one rigid schema. The page reader reads only `row`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROW_COLUMN = "row"
+# A page is at most 1000 rows; row groups of that size mean an aligned page touches one row group.
+ROW_GROUP_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """What the manifest knows of a part, so readers never list or stat."""
+
+    path: str  # relative to the job folder
+    rows: int
+    bytes: int
+    row_groups: list[int]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PartInfo:
+        return cls(path=data["path"], rows=data["rows"], bytes=data["bytes"], row_groups=list(data["row_groups"]))
+
+
+def rows_to_table(rows: Sequence[dict[str, Any]], id_columns: Sequence[str]) -> pa.Table:
+    columns: dict[str, Any] = {name: pa.array([r[name] for r in rows], pa.int64()) for name in id_columns}
+    columns[ROW_COLUMN] = pa.array(
+        [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in rows], pa.large_string()
+    )
+    return pa.table(columns)
+
+
+def write_part(tables: Iterable[pa.Table]) -> tuple[bytes, list[int]]:
+    """Serialise tables (one schema) into one Parquet file of full-size row groups.
+
+    Returns the bytes and the row-group sizes. Small input tables (one per chunk) are re-grouped so
+    that a compacted part has ROW_GROUP_ROWS-row groups, not one small group per chunk.
+    """
+    buffer = io.BytesIO()
+    writer: pq.ParquetWriter | None = None
+    pending: list[pa.Table] = []
+    pending_rows = 0
+
+    def flush(final: bool) -> None:
+        nonlocal pending, pending_rows
+        table = pa.concat_tables(pending)
+        cut = pending_rows if final else pending_rows - pending_rows % ROW_GROUP_ROWS
+        if cut:
+            writer.write_table(table.slice(0, cut), row_group_size=ROW_GROUP_ROWS)
+        rest = table.slice(cut)
+        pending, pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    for table in tables:
+        if writer is None:
+            writer = pq.ParquetWriter(buffer, table.schema, compression="zstd")
+        pending.append(table)
+        pending_rows += table.num_rows
+        if pending_rows >= ROW_GROUP_ROWS:
+            flush(final=False)
+    if writer is None:
+        raise ValueError("write_part needs at least one table")
+    if pending_rows:
+        flush(final=True)
+    writer.close()
+    data = buffer.getvalue()
+    meta = pq.ParquetFile(io.BytesIO(data)).metadata
+    return data, [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
+def decode_rows(table: pa.Table) -> list[dict[str, Any]]:
+    return [json.loads(text) for text in table.column(ROW_COLUMN).to_pylist()]

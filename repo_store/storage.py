@@ -1,0 +1,146 @@
+"""The one place that touches bytes: an fsspec filesystem under a root URL, plus create-if-absent.
+
+Create-if-absent is the only primitive the job protocol needs, and it must be atomic on every backend:
+- local disk: write a temp file, fsync, then `os.link` it to the final name (link fails if the name
+  exists). fsspec's local `pipe_file(mode="create")` checks then writes, so it is NOT atomic.
+- S3: a conditional PUT (`If-None-Match: *`) through s3fs `pipe_file(..., mode="create")`. Real S3 may
+  answer a concurrent conditional write with 409, or a retried PUT that already succeeded with 412:
+  both surface as a plain OSError, so on any error we re-read the object and compare the content.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import fsspec
+
+DEFAULT_DATA_URL = "./bakehouse-data"
+
+
+def data_url_from_env() -> str:
+    return os.environ.get("BAKEHOUSE_DATA") or DEFAULT_DATA_URL
+
+
+class Storage:
+    def __init__(self, url: str | None = None):
+        url = url or data_url_from_env()
+        protocol, _, rest = url.partition("://")
+        if not rest:
+            protocol, rest = "file", os.path.abspath(url)
+        self.url = url
+        self.protocol = protocol
+        self.is_local = protocol in ("file", "local")
+        if self.is_local:
+            self.fs = fsspec.filesystem("file", auto_mkdir=True)
+        elif protocol in ("s3", "s3a"):
+            # Listings decide job state: never trust a cached one.
+            self.fs = fsspec.filesystem("s3", use_listings_cache=False, skip_instance_cache=True)
+        else:
+            self.fs = fsspec.filesystem(protocol)
+        self.root = rest.rstrip("/")
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def read_bytes(self, path: str) -> bytes | None:
+        try:
+            return self.fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+
+    def read_json(self, path: str) -> Any | None:
+        data = self.read_bytes(path)
+        return None if data is None else json.loads(data)
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path)
+
+    def list_names(self, folder: str) -> list[str]:
+        """Names directly inside `folder` (sorted); empty when it does not exist."""
+        try:
+            entries = self.fs.ls(folder, detail=False, **({} if self.is_local else {"refresh": True}))
+        except FileNotFoundError:
+            return []
+        names = sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        return [n for n in names if n and not n.startswith(".")]  # dot files are in-flight temp files
+
+    def open_for_range_reads(self, path: str, size: int):
+        """A file handle that fetches only the byte ranges asked for (no read-ahead, no HEAD)."""
+        if self.is_local:
+            return open(path, "rb")
+        return self.fs.open(path, "rb", cache_type="none", size=size)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Overwrite (for files only their single writer ever changes, e.g. a heartbeat)."""
+        if self.is_local:
+            folder, name = os.path.split(path)
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def write_json(self, path: str, obj: Any) -> None:
+        self.write_bytes(path, _dumps(obj))
+
+    def create_bytes(self, path: str, data: bytes) -> bool:
+        """Create `path` with `data` only if absent. True if this call created it.
+
+        When it already exists with byte-identical content, that is also reported as False: callers
+        that need to know *who* won put a unique token in the content and compare.
+        """
+        if self.is_local:
+            return self._create_local(path, data)
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+            return True
+        except FileExistsError:
+            return False
+        except OSError:
+            # 409 (concurrent conditional write) or 412 on a retried PUT that had succeeded:
+            # the object's content says whether it is ours.
+            existing = self.read_bytes(path)
+            if existing is None:
+                raise
+            return existing == data
+
+    def create_json(self, path: str, obj: Any) -> bool:
+        return self.create_bytes(path, _dumps(obj))
+
+    def _create_local(self, path: str, data: bytes) -> bool:
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def delete_tree(self, path: str) -> None:
+        try:
+            self.fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def size(self, path: str) -> int:
+        return self.fs.size(path)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,221 @@
+"""Repos, prompts and targets on storage: immutable resources, one namespace per workspace.
+
+    workspaces/<ws>/repos/<repo>/repo.json
+    workspaces/<ws>/repos/<repo>/prompts/<prompt>.json
+    workspaces/<ws>/repos/<repo>/targets/<target>/target.json
+    workspaces/<ws>/repos/<repo>/targets/<target>/{stim,rollout}/   (see repo_store.jobs)
+
+Creating is create-if-absent: a new resource reports `created=True`; an identical one returns the
+stored copy with `created=False`; a different one raises Conflict. Nothing is ever overwritten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from targets import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PromptSpec,
+    RepoSpec,
+    TargetConfig,
+    TargetSpec,
+    config_hash,
+    resolve_target,
+    validate_name,
+)
+
+from repo_store.jobs import Job, JobKind
+from repo_store.pages import FooterCache, Page, read_page
+from repo_store.storage import Storage
+
+DEFAULT_WORKSPACE = "default"
+
+
+@dataclass(frozen=True)
+class StoredTarget:
+    target_name: str
+    template: str
+    overrides: dict[str, Any] | None
+    config: TargetConfig
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target_name": self.target_name,
+            "template": self.template,
+            "overrides": self.overrides,
+            "config": self.config.model_dump(mode="json", exclude_none=True),
+            "config_hash": config_hash(self.config),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StoredTarget:
+        return cls(data["target_name"], data["template"], data.get("overrides"), TargetConfig.model_validate(data["config"]))
+
+
+class Store:
+    """Entry point: `Store(url)` then `.workspace(name)`. One instance per process is enough."""
+
+    def __init__(self, url: str | None = None):
+        self.storage = Storage(url)
+        self.footers = FooterCache()
+        self._jobs: dict[str, Job] = {}
+
+    @property
+    def url(self) -> str:
+        return self.storage.url
+
+    def workspace(self, name: str = DEFAULT_WORKSPACE) -> Workspace:
+        return Workspace(self, validate_name(name, "workspace"))
+
+    def job(self, folder: str, kind: JobKind) -> Job:
+        # One Job object per folder keeps its immutable-marker cache warm across requests.
+        key = f"{folder}/{kind}"
+        if key not in self._jobs:
+            self._jobs[key] = Job(self.storage, key, kind)
+        return self._jobs[key]
+
+    def forget_job(self, folder: str, kind: JobKind) -> None:
+        self._jobs.pop(f"{folder}/{kind}", None)
+
+
+class Workspace:
+    def __init__(self, store: Store, name: str):
+        self.store = store
+        self.storage = store.storage
+        self.name = name
+
+    def _path(self, *parts: str) -> str:
+        return self.storage.path("workspaces", self.name, "repos", *parts)
+
+    def _create_immutable(self, path: str, content: dict[str, Any], same: Any, what: str) -> tuple[dict[str, Any], bool]:
+        if self.storage.create_json(path, content):
+            return content, True
+        existing = self.storage.read_json(path)
+        if existing is None:  # deleted between the two calls: try once more
+            return self._create_immutable(path, content, same, what)
+        if not same(existing):
+            raise Conflict(what)
+        return existing, False
+
+    # -- repos ---------------------------------------------------------------------------------
+
+    def create_repo(self, spec: RepoSpec) -> tuple[RepoSpec, bool]:
+        data, created = self._create_immutable(
+            self._path(spec.repo_name, "repo.json"),
+            spec.model_dump(),
+            lambda old: old["base_model"] == spec.base_model,
+            f"Repository '{spec.repo_name}' already exists with a different base_model. "
+            "Repository base_model is immutable and cannot be changed.",
+        )
+        return RepoSpec.model_validate(data), created
+
+    def get_repo(self, repo_name: str) -> RepoSpec:
+        validate_name(repo_name, "repo_name")
+        data = self.storage.read_json(self._path(repo_name, "repo.json"))
+        if data is None:
+            raise NotFound(f"Repository '{repo_name}' not found")
+        return RepoSpec.model_validate(data)
+
+    def list_repos(self) -> list[str]:
+        return self.storage.list_names(self._path())
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def create_prompt(self, repo_name: str, spec: PromptSpec) -> tuple[PromptSpec, bool]:
+        self.get_repo(repo_name)
+        content = spec.model_dump(mode="json", exclude_none=True)
+        data, created = self._create_immutable(
+            self._path(repo_name, "prompts", f"{spec.prompt_name}.json"),
+            content,
+            lambda old: old == content,
+            f"Prompt '{spec.prompt_name}' already exists with different content. "
+            "Prompts are immutable and cannot be changed.",
+        )
+        return PromptSpec.model_validate(data), created
+
+    def get_prompt(self, repo_name: str, prompt_name: str) -> PromptSpec:
+        validate_name(prompt_name, "prompt_name")
+        data = self.storage.read_json(self._path(repo_name, "prompts", f"{prompt_name}.json"))
+        if data is None:
+            self.get_repo(repo_name)
+            raise NotFound(f"Prompt '{prompt_name}' not found in repository '{repo_name}'")
+        return PromptSpec.model_validate(data)
+
+    def list_prompts(self, repo_name: str) -> list[str]:
+        self.get_repo(repo_name)
+        return [n.removesuffix(".json") for n in self.storage.list_names(self._path(repo_name, "prompts"))]
+
+    # -- targets -------------------------------------------------------------------------------
+
+    def resolve(self, repo_name: str, spec: TargetSpec) -> TargetConfig:
+        """The config `spec` stands for: template + overrides, checked against this repo."""
+        template_config = None
+        if spec.template != "default":
+            try:
+                template_config = self.get_target(repo_name, spec.template).config
+            except NotFound:
+                raise InvalidInput(f"Template '{spec.template}' not found") from None
+        config = resolve_target(spec.overrides, template_config)
+        missing = config.missing_stim_fields()
+        if missing:
+            raise InvalidInput(f"Missing required stim fields: {missing}")
+        for field in ("teacher_prompt", "student_prompt"):
+            name = getattr(config, field)
+            try:
+                self.get_prompt(repo_name, name)
+            except NotFound:
+                raise InvalidInput(f"{field} '{name}' is not a prompt in repository '{repo_name}'") from None
+        return config
+
+    def create_target(self, repo_name: str, spec: TargetSpec) -> tuple[StoredTarget, bool]:
+        self.get_repo(repo_name)
+        overrides = TargetConfig._accept_u_v(spec.overrides) if spec.overrides else spec.overrides
+        target = StoredTarget(spec.target_name, spec.template, overrides, self.resolve(repo_name, spec))
+        content = target.to_json()
+        data, created = self._create_immutable(
+            self._target_folder(repo_name, spec.target_name) + "/target.json",
+            content,
+            lambda old: old["config_hash"] == content["config_hash"],
+            f"Target '{spec.target_name}' already exists with different configuration. "
+            "Targets are immutable and cannot be changed.",
+        )
+        return StoredTarget.from_json(data), created
+
+    def get_target(self, repo_name: str, target_name: str) -> StoredTarget:
+        validate_name(target_name, "target_name")
+        data = self.storage.read_json(self._target_folder(repo_name, target_name) + "/target.json")
+        if data is None:
+            self.get_repo(repo_name)
+            raise NotFound(f"Target '{target_name}' not found in repository '{repo_name}'")
+        return StoredTarget.from_json(data)
+
+    def list_targets(self, repo_name: str) -> list[str]:
+        self.get_repo(repo_name)
+        return self.storage.list_names(self._path(repo_name, "targets"))
+
+    def delete_target(self, repo_name: str, target_name: str) -> None:
+        self.get_target(repo_name, target_name)
+        for kind in ("stim", "rollout"):
+            if self.job(repo_name, target_name, kind).status().status == "running":
+                raise InvalidInput(f"Target '{target_name}' has a running {kind} job; wait for it or cancel it first")
+        folder = self._target_folder(repo_name, target_name)
+        # target.json last: a half-deleted target is still a target and can be deleted again.
+        for kind in ("stim", "rollout"):
+            self.job(repo_name, target_name, kind).delete()
+            self.store.forget_job(folder, kind)
+        self.storage.delete_tree(folder)
+
+    def _target_folder(self, repo_name: str, target_name: str) -> str:
+        return self._path(validate_name(repo_name, "repo_name"), "targets", validate_name(target_name, "target_name"))
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def job(self, repo_name: str, target_name: str, kind: JobKind) -> Job:
+        return self.store.job(self._target_folder(repo_name, target_name), kind)
+
+    def read_page(self, repo_name: str, target_name: str, kind: JobKind, *, offset: int = 0, limit: int = 100) -> Page:
+        return read_page(self.job(repo_name, target_name, kind), offset=offset, limit=limit, footers=self.store.footers)
+

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the project's virtual environment and prints its path on the last line.
+#
+# The venv lives outside the clone, keyed by the hash of requirements.lock, so repeated installs
+# and CI runs on one machine reuse it; a changed lock gets a fresh venv.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+lock="$here/requirements.lock"
+key=$(sha256sum "$lock" | cut -c1-16)
+venv="${BAKEHOUSE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/bakehouse/venv-$key}"
+
+if [ ! -f "$venv/.complete" ]; then
+  echo "bakehouse: creating environment in $venv (about 3 minutes, once)" >&2
+  rm -rf "$venv"
+  python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"
+  # --no-deps: the lock is a complete, resolved set; pip's resolver only slows it down.
+  "$venv/bin/pip" install --quiet --no-deps -r "$lock" >&2
+  # PyPI's torchvision/torchaudio are built against CUDA torch and break `import vllm` on CPU.
+  "$venv/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
+  touch "$venv/.complete"
+fi
+# The project itself: editable, so the clone is what runs. Cheap when already installed.
+if ! "$venv/bin/python" -c "import bakehouse, sys; sys.exit(0 if bakehouse.__file__.startswith('$here/') else 1)" 2>/dev/null; then
+  "$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e "$here" >&2
+fi
+echo "$venv"

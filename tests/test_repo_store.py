@@ -1,0 +1,309 @@
+"""repo_store/: immutable resources, the job protocol, races and paging, on local disk and on S3."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import pytest
+
+from repo_store import Store, rows_to_table
+from targets import Conflict, InvalidInput, NotFound, PromptSpec, RepoSpec, TargetSpec, ValidationFailed
+
+
+def make_target(ws, repo="r", target="t"):
+    ws.create_repo(RepoSpec(repo_name=repo, base_model="tiny-random"))
+    ws.create_prompt(repo, PromptSpec(prompt_name="teacher", messages=[{"role": "system", "content": "Be brief."}]))
+    ws.create_prompt(repo, PromptSpec(prompt_name="student", messages=[]))
+    ws.create_target(
+        repo,
+        TargetSpec(
+            target_name=target,
+            overrides={
+                "teacher_prompt": "teacher",
+                "student_prompt": "student",
+                "generators": [{"type": "hardcoded", "questions": ["a", "b"]}],
+            },
+        ),
+    )
+
+
+# -- resources -----------------------------------------------------------------------------------
+
+
+def test_repo_create_is_idempotent_and_immutable(store):
+    ws = store.workspace()
+    _, created = ws.create_repo(RepoSpec(repo_name="r", base_model="m1"))
+    assert created
+    repo, created = ws.create_repo(RepoSpec(repo_name="r", base_model="m1"))
+    assert not created and repo.base_model == "m1"
+    with pytest.raises(Conflict, match="base_model is immutable"):
+        ws.create_repo(RepoSpec(repo_name="r", base_model="m2"))
+    assert ws.list_repos() == ["r"]
+
+
+def test_prompts_and_targets_are_immutable(store):
+    ws = store.workspace()
+    make_target(ws)
+    with pytest.raises(Conflict, match="Prompts are immutable"):
+        ws.create_prompt("r", PromptSpec(prompt_name="teacher", messages=[{"role": "system", "content": "other"}]))
+    same = TargetSpec(target_name="t", overrides={"v": "student", "u": "teacher", "generators": [{"type": "hardcoded", "questions": ["a", "b"]}]})
+    target, created = ws.create_target("r", same)
+    assert not created and target.config.teacher_prompt == "teacher"
+    with pytest.raises(Conflict, match="Targets are immutable"):
+        ws.create_target("r", same.model_copy(update={"overrides": {**same.overrides, "temperature": 0.2}}))
+    assert ws.list_targets("r") == ["t"] and ws.list_prompts("r") == ["student", "teacher"]
+
+
+def test_template_must_exist_and_prompts_must_exist(store):
+    ws = store.workspace()
+    make_target(ws)
+    with pytest.raises(InvalidInput, match="Template 'nope' not found"):
+        ws.create_target("r", TargetSpec(target_name="t2", template="nope"))
+    with pytest.raises(InvalidInput, match="Missing required stim fields"):
+        ws.create_target("r", TargetSpec(target_name="t2", overrides={"teacher_prompt": "teacher"}))
+    with pytest.raises(InvalidInput, match="student_prompt 'ghost' is not a prompt"):
+        ws.create_target("r", TargetSpec(target_name="t2", overrides={"teacher_prompt": "teacher", "student_prompt": "ghost"}))
+    derived, _ = ws.create_target("r", TargetSpec(target_name="t2", template="t", overrides={"temperature": 0.5}))
+    assert derived.config.teacher_prompt == "teacher" and derived.config.temperature == 0.5
+
+
+def test_workspaces_are_separate_namespaces(store):
+    make_target(store.workspace("alpha"))
+    beta = store.workspace("beta")
+    assert beta.list_repos() == []
+    with pytest.raises(NotFound):
+        beta.get_repo("r")
+    with pytest.raises(NotFound):
+        beta.get_target("r", "t")
+
+
+def test_missing_things_and_bad_names(store):
+    ws = store.workspace()
+    with pytest.raises(NotFound, match="Repository 'nope' not found"):
+        ws.get_repo("nope")
+    with pytest.raises(ValidationFailed, match="'/'"):
+        ws.get_repo("a/b")
+    with pytest.raises(ValidationFailed):
+        store.workspace("..")
+    make_target(ws)
+    with pytest.raises(NotFound, match="Target 'x' not found"):
+        ws.get_target("r", "x")
+
+
+def test_delete_target_refuses_while_running_then_deletes(store):
+    ws = store.workspace()
+    make_target(ws)
+    attempt = ws.job("r", "t", "stim").claim("test")
+    with pytest.raises(InvalidInput, match="running stim job"):
+        ws.delete_target("r", "t")
+    attempt.release()
+    ws.delete_target("r", "t")
+    assert ws.list_targets("r") == []
+    assert ws.job("r", "t", "stim").status().status == "not_started"
+
+
+# -- job protocol --------------------------------------------------------------------------------
+
+
+def chunk_table(index: int, rows_per_chunk: int):
+    start = index * rows_per_chunk
+    return rows_to_table(
+        [{"stimulus_id": i, "text": f"row {i}"} for i in range(start, start + rows_per_chunk)], ["stimulus_id"]
+    )
+
+
+def test_job_lifecycle(store):
+    job = store.workspace().job("r", "t", "rollout")
+    assert job.status().status == "not_started"
+    attempt = job.claim("me")
+    assert attempt is not None and attempt.gen == 1
+    job.create_plan({"num_chunks": 3, "total_expected": 30})
+    assert job.claim("other") is None  # live owner: no second job
+    attempt.commit_chunk(0, chunk_table(0, 10))
+    status = job.status()
+    assert (status.status, status.lines, status.total_expected, status.progress_percent) == ("running", 10, 30, 33.33)
+    attempt.commit_chunk(1, chunk_table(1, 10))
+    attempt.commit_chunk(2, chunk_table(2, 10))
+    attempt.complete(3, {"trajectories": 30})
+    status = job.status()
+    assert (status.status, status.lines, status.progress_percent, status.summary) == ("complete", 30, 100.0, {"trajectories": 30})
+    assert job.claim("again") is None  # complete: nothing to do
+
+
+def test_failed_job_reports_error_and_resumes_keeping_chunks(store):
+    job = store.workspace().job("r", "t", "rollout")
+    first = job.claim("a")
+    job.create_plan({"num_chunks": 3})
+    first.commit_chunk(0, chunk_table(0, 5))
+    first.fail("model did not load")
+    status = job.status()
+    assert (status.status, status.error, status.lines) == ("failed", "model did not load", 5)
+    second = job.claim("b")
+    assert second.gen == 2
+    assert sorted(job.chunks()) == [0]  # the finished chunk is kept
+    for index in (1, 2):
+        second.commit_chunk(index, chunk_table(index, 5))
+    second.complete(3)
+    page = store.workspace().read_page("r", "t", "rollout", offset=0, limit=1000)
+    assert [r["stimulus_id"] for r in page.rows] == list(range(15))
+
+
+def test_crashed_attempt_parts_are_invisible_and_lease_expiry_frees_the_job(store, monkeypatch):
+    monkeypatch.setenv("BAKEHOUSE_LEASE_SECONDS", "0.5")
+    job = store.workspace().job("r", "t", "rollout")
+    crashed = job.claim("a")
+    job.create_plan({"num_chunks": 2})
+    crashed.commit_chunk(0, chunk_table(0, 4))
+    # A part written but never committed (the process died before the marker).
+    store.storage.write_bytes(job._path("parts/000001-g000001.parquet"), b"garbage")
+    monkeypatch.setattr("repo_store.jobs._pid_alive", lambda pid: True)  # a live pid on another machine
+    crashed_status = None
+    import time
+
+    time.sleep(0.7)
+    crashed_status = job.status()
+    assert crashed_status.status == "failed" and "start it again to resume" in crashed_status.error
+    assert crashed_status.lines == 4
+    resumed = job.claim("b")
+    assert resumed is not None and resumed.gen == 2
+    resumed.commit_chunk(1, chunk_table(1, 4))
+    resumed.complete(2)
+    rows = store.workspace().read_page("r", "t", "rollout", offset=0, limit=100).rows
+    assert [r["stimulus_id"] for r in rows] == list(range(8))
+
+
+def test_two_attempts_committing_one_chunk_keep_the_first(store):
+    job = store.workspace().job("r", "t", "rollout")
+    first = job.claim("a")
+    job.create_plan({"num_chunks": 1})
+    first.release()
+    second = job.claim("b")
+    first.commit_chunk(0, chunk_table(0, 3))
+    record = second.commit_chunk(0, chunk_table(0, 3))
+    assert record.gen == 1
+    second.complete(1)
+    assert job.status().lines == 3
+
+
+def test_running_view_is_the_unbroken_prefix(store):
+    job = store.workspace().job("r", "t", "rollout")
+    attempt = job.claim("a")
+    job.create_plan({"num_chunks": 3})
+    attempt.commit_chunk(1, chunk_table(1, 5))  # a later shard finished first
+    assert job.status().lines == 0 and job.status().progress_percent == 33.33
+    attempt.commit_chunk(0, chunk_table(0, 5))
+    assert job.status().lines == 10
+    page = store.workspace().read_page("r", "t", "rollout", offset=5, limit=10)
+    assert [r["stimulus_id"] for r in page.rows] == list(range(5, 10)) and not page.has_more
+
+
+def test_complete_refuses_missing_chunks(store):
+    job = store.workspace().job("r", "t", "rollout")
+    attempt = job.claim("a")
+    attempt.commit_chunk(0, chunk_table(0, 2))
+    with pytest.raises(RuntimeError, match=r"chunks \[1\]"):
+        attempt.complete(2)
+    assert job.status().status == "running"
+
+
+# -- races ---------------------------------------------------------------------------------------
+
+
+def test_eight_threads_claim_one_job_one_wins(store):
+    for round_ in range(5):
+        job = store.workspace().job("r", f"race{round_}", "stim")
+        barrier = threading.Barrier(8)
+        winners = []
+
+        def contend(i):
+            barrier.wait()
+            attempt = job.claim(f"thread-{i}")
+            if attempt is not None:
+                winners.append(attempt)
+
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(winners) == 1
+        assert job.status().status == "running"
+
+
+def _claim_in_process(url, start, result):
+    store = Store(url)
+    start.wait()
+    attempt = store.workspace().job("r", "t", "stim").claim("process")
+    result.put(attempt is not None)
+    if attempt is not None:
+        attempt.complete(0)  # leave it finished so the other process's exit changes nothing
+
+
+def test_two_processes_claim_one_job_one_wins(data_url):
+    context = multiprocessing.get_context("spawn")
+    start, result = context.Event(), context.Queue()
+    processes = [context.Process(target=_claim_in_process, args=(data_url, start, result)) for _ in range(2)]
+    for p in processes:
+        p.start()
+    start.set()
+    outcomes = [result.get(timeout=60) for _ in processes]
+    for p in processes:
+        p.join(timeout=60)
+    assert sorted(outcomes) == [False, True]
+
+
+# -- paging --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def paged_job(store, monkeypatch):
+    """2,345 rows in chunks of 300, compacted into parts of 1,000 rows (row groups of 1,000)."""
+    monkeypatch.setattr("repo_store.jobs.COMPACTED_PART_ROWS", 1000)
+    job = store.workspace().job("r", "paged", "rollout")
+    attempt = job.claim("a")
+    sizes = [300] * 7 + [245]
+    start = 0
+    for index, size in enumerate(sizes):
+        rows = [{"stimulus_id": i} for i in range(start, start + size)]
+        attempt.commit_chunk(index, rows_to_table(rows, ["stimulus_id"]))
+        start += size
+    attempt.complete(len(sizes))
+    return store
+
+
+def test_compaction_layout(paged_job):
+    parts = paged_job.workspace().job("r", "paged", "rollout").committed_parts()
+    assert [p.rows for p in parts] == [1200, 1145]
+    assert parts[0].row_groups == [1000, 200]
+
+
+@pytest.mark.parametrize(
+    "offset, limit",
+    [(0, 1), (0, 1000), (999, 2), (1000, 1000), (1199, 1), (1200, 5), (1150, 100), (2344, 1), (2300, 1000), (2345, 10), (5000, 10)],
+)
+def test_pages_at_every_boundary(paged_job, offset, limit):
+    page = paged_job.workspace().read_page("r", "paged", "rollout", offset=offset, limit=limit)
+    expected = list(range(offset, min(offset + limit, 2345)))
+    assert [r["stimulus_id"] for r in page.rows] == expected
+    assert page.lines == 2345
+    assert page.has_more == (offset + limit < 2345)
+
+
+def test_page_limits_are_checked(paged_job):
+    ws = paged_job.workspace()
+    for kwargs in ({"offset": -1, "limit": 10}, {"offset": 0, "limit": 0}, {"offset": 0, "limit": 1001}):
+        with pytest.raises(ValueError):
+            ws.read_page("r", "paged", "rollout", **kwargs)
+
+
+def test_walking_all_pages_yields_every_row_once(paged_job):
+    ws = paged_job.workspace()
+    seen, offset = [], 0
+    while True:
+        page = ws.read_page("r", "paged", "rollout", offset=offset, limit=333)
+        seen += [r["stimulus_id"] for r in page.rows]
+        offset += 333
+        if not page.has_more:
+            break
+    assert seen == list(range(2345))

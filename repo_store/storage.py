@@ -73,7 +73,11 @@ class Storage:
         """A file handle that fetches only the byte ranges asked for (no read-ahead, no HEAD)."""
         if self.is_local:
             return open(path, "rb")
-        return self.fs.open(path, "rb", cache_type="none", size=size)
+        handle = self.fs.open(path, "rb", cache_type="none", size=size)
+        # s3fs fetches `details` (a HEAD request) on the first ranged read unless they are known;
+        # parts are immutable, so the manifest's size is all the detail there is to know.
+        handle._details = {"name": path, "size": size, "type": "file"}
+        return handle
 
     # -- writes --------------------------------------------------------------------------------
 

@@ -14,13 +14,17 @@ if [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
   python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"
   # --no-deps: the lock is a complete, resolved set; pip's resolver only slows it down.
-  "$venv/bin/pip" install --quiet --no-deps -r "$lock" >&2
+  log="$venv.install.log"
+  if ! "$venv/bin/pip" install --no-deps -r "$lock" >"$log" 2>&1; then
+    tail -n 30 "$log" >&2; echo "bakehouse: install failed, full log in $log" >&2; exit 1
+  fi
   # PyPI's torchvision/torchaudio are built against CUDA torch and break `import vllm` on CPU.
   "$venv/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
   touch "$venv/.complete"
 fi
 # The project itself: editable, so the clone is what runs. Cheap when already installed.
 if ! "$venv/bin/python" -c "import bakehouse, sys; sys.exit(0 if bakehouse.__file__.startswith('$here/') else 1)" 2>/dev/null; then
-  "$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e "$here" >&2
+  "$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e "$here" >/dev/null 2>&1 \
+    || "$venv/bin/pip" install --no-deps --no-build-isolation -e "$here" >&2
 fi
 echo "$venv"

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from repo_store.parts import PartInfo, write_part
+from repo_store.parts import ROW_COLUMN, PartInfo, decode_rows, write_part
 from repo_store.storage import Storage
 
 JobKind = Literal["stim", "rollout"]
@@ -205,6 +205,14 @@ class Job:
 
     def part_path(self, part: PartInfo) -> str:
         return self._path(part.path)
+
+    def iter_rows(self) -> Iterator[dict[str, Any]]:
+        """Every committed row in output order, one row group in memory at a time."""
+        for part in self.committed_parts():
+            with self.storage.open_for_range_reads(self.part_path(part), part.bytes) as handle:
+                parquet = pq.ParquetFile(handle)
+                for index in range(parquet.num_row_groups):
+                    yield from decode_rows(parquet.read_row_group(index, columns=[ROW_COLUMN]))
 
     def read_chunk_table(self, index: int) -> pa.Table:
         record = self.chunks()[index]

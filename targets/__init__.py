@@ -8,6 +8,7 @@ from targets.config import (
     TargetConfig,
     TargetSpec,
     config_hash,
+    derive_seed,
     parse,
     resolve_target,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "TargetSpec",
     "ValidationFailed",
     "config_hash",
+    "derive_seed",
     "parse",
     "render_stimulus",
     "resolve_target",

@@ -248,3 +248,9 @@ def config_hash(config: BaseModel | dict[str, Any]) -> str:
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
     text = json.dumps(_canonical(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 31-bit seed from any parts (target seed, stimulus id, ...): same parts, same seed."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF

@@ -1,0 +1,90 @@
+"""What one flow run needs besides storage: engines (opened once, lazily) and progress reporting."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flows.engines import Engine, open_engine
+
+logger = logging.getLogger("bakehouse")
+
+
+class Engines:
+    """Engines by model name for one flow run; each model is loaded at most once.
+
+    Models are served in-process by vLLM unless BAKEHOUSE_OPENAI_BASE_URL points at an
+    OpenAI-compatible server (a `vllm serve` fleet or a provider); `fake` and `tiny-random` are
+    reserved names that always run locally.
+    """
+
+    def __init__(self, **options: Any):
+        self.options = options
+        self._engines: dict[str, Engine] = {}
+
+    def __call__(self, model: str) -> Engine:
+        if model not in self._engines:
+            base_url = os.environ.get("BAKEHOUSE_OPENAI_BASE_URL")
+            if base_url and model not in ("fake", "tiny-random"):
+                options = {"api_key": os.environ.get("BAKEHOUSE_OPENAI_API_KEY"), **self.options}
+                self._engines[model] = open_engine(model, base_url=base_url, **options)
+            else:
+                self._engines[model] = open_engine(model, **self.options)
+        return self._engines[model]
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
+
+
+class Progress:
+    """Progress of one job: a Prefect progress artifact when inside a flow run, and a callback."""
+
+    def __init__(self, key: str, on_update: Callable[[float], None] | None = None):
+        self.key = _artifact_key(key)
+        self.on_update = on_update
+        self._artifact_id = None
+        self._last_sent = 0.0
+        self.started = time.monotonic()
+
+    def update(self, percent: float) -> None:
+        if self.on_update:
+            self.on_update(percent)
+        if not _in_flow_run():
+            return
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        now = time.monotonic()
+        if self._artifact_id is None:
+            self._artifact_id = create_progress_artifact(progress=percent, key=self.key, description="Job progress")
+        elif percent >= 100.0 or now - self._last_sent > 2.0:  # the UI needs no more than this
+            update_progress_artifact(self._artifact_id, progress=percent)
+        self._last_sent = now
+
+    def summary(self, title: str, values: dict[str, Any]) -> None:
+        logger.info("%s: %s", title, values)
+        if not _in_flow_run():
+            return
+        from prefect.artifacts import create_table_artifact
+
+        table = [{"metric": k, "value": str(v)} for k, v in values.items()]
+        create_table_artifact(table=table, key=f"{self.key}-summary", description=title)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _in_flow_run() -> bool:
+    from prefect.context import FlowRunContext
+
+    return FlowRunContext.get() is not None
+
+
+def _artifact_key(text: str) -> str:
+    # Prefect artifact keys: lowercase letters, digits and dashes only.
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:120]

@@ -1,0 +1,126 @@
+"""The stim job: run a target's generators and write one stimulus row per distinct question.
+
+Each generator is one chunk of the job (see repo_store.jobs): a resumed stim skips every generator
+whose chunk is committed. Questions are deduplicated across generators in list order (the first
+generator to ask a question keeps it) and the job summary says how many were dropped and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prefect import flow
+
+from repo_store import JobStatus, Store, Workspace, rows_to_table
+from repo_store.datasets import read_text
+from targets import InvalidInput, render_stimulus
+
+from flows.generators import run_generator
+from flows.runtime import Engines, Progress, logger
+
+
+def run_stim(
+    workspace: Workspace,
+    repo_name: str,
+    target_name: str,
+    *,
+    engines: Engines | None = None,
+    on_progress: Callable[[float], None] | None = None,
+) -> JobStatus:
+    """Run (or resume) the stim job of a target; returns its status when done or when owned elsewhere."""
+    target = workspace.get_target(repo_name, target_name)  # NotFound before anything is written
+    job = workspace.job(repo_name, target_name, "stim")
+    attempt = job.claim(owner="stim")
+    if attempt is None:
+        return job.status()
+    attempt.keep_alive()
+    own_engines = engines is None
+    engines = engines or Engines()
+    progress = Progress(f"stim-{repo_name}-{target_name}", on_progress)
+    try:
+        repo = workspace.get_repo(repo_name)
+        config = target.config
+        if not config.generators:
+            raise InvalidInput("Target must have generators and teacher prompt configured")
+        teacher = workspace.get_prompt(repo_name, config.teacher_prompt)
+        student = workspace.get_prompt(repo_name, config.student_prompt)
+        plan = job.create_plan(
+            {"num_chunks": len(config.generators), "total_expected": sum(g.count for g in config.generators)}
+        )
+        done = job.chunks()
+        # Questions already committed: later generators must not repeat them.
+        seen = {_question(row) for row in job.iter_rows()}
+        next_id = sum(c.part.rows for c in done.values())
+        for index, generator in enumerate(config.generators):
+            if index in done:
+                continue
+            output = run_generator(
+                generator,
+                index=index,
+                teacher=teacher,
+                target_seed=config.seed,
+                engine_for=engines,
+                default_model=config.model_name or repo.base_model,
+                read_template=read_text,
+            )
+            fresh = [q for q in output.questions if q not in seen]
+            seen.update(fresh)
+            rows = []
+            for question in fresh:
+                row = render_stimulus(
+                    question, teacher=teacher, student=student, rollout_with_conditioned=generator.rollout_with_conditioned
+                )
+                rows.append({**row, "stimulus_id": next_id, "generator": index})
+                next_id += 1
+            stats = {
+                "generator": generator.type,
+                "requested": output.requested,
+                "made": len(output.questions),
+                "duplicates_of_earlier_generators": len(output.questions) - len(fresh),
+                "notes": output.notes,
+            }
+            attempt.commit_chunk(index, rows_to_table(rows, ["stimulus_id"]), stats)
+            progress.update(100.0 * (index + 1) / plan["num_chunks"])
+            logger.info("stim %s/%s: generator %d (%s) wrote %d stimuli", repo_name, target_name, index, generator.type, len(fresh))
+        summary = _summary(job.chunks(), progress.elapsed)
+        attempt.complete(plan["num_chunks"], summary)
+        progress.update(100.0)
+        progress.summary(f"stim {repo_name}/{target_name}", summary)
+    except Exception as error:
+        attempt.fail(_message(error))
+        raise
+    except BaseException:
+        attempt.release()  # interrupted (Ctrl-C, cancel): the next start resumes at once
+        raise
+    finally:
+        if own_engines:
+            engines.close()
+    return job.status()
+
+
+def _question(row: dict[str, Any]) -> str:
+    return row["conditioned_stimulus"]["messages"][-1]["content"]
+
+
+def _summary(chunks, seconds: float) -> dict[str, Any]:
+    stats = [chunks[i].stats for i in sorted(chunks)]
+    return {
+        "stimuli": sum(c.part.rows for c in chunks.values()),
+        "requested": sum(s.get("requested", 0) for s in stats),
+        "made": sum(s.get("made", 0) for s in stats),
+        "duplicates_dropped": sum(s.get("duplicates_of_earlier_generators", 0) for s in stats),
+        "shortfalls": [n for s in stats for n in s.get("notes", [])],
+        "seconds": round(seconds, 2),
+    }
+
+
+def _message(error: Exception) -> str:
+    return getattr(error, "message", None) or f"{type(error).__name__}: {error}"
+
+
+@flow(name="stim", log_prints=True)
+def stim_flow(repo_name: str, target_name: str, workspace: str = "default", data_url: str | None = None) -> dict:
+    """Write the stimuli of a target (idempotent: a repeat returns the existing job, a crash resumes)."""
+    status = run_stim(Store(data_url).workspace(workspace), repo_name, target_name)
+    return {"status": status.status, "lines": status.lines, "error": status.error}

@@ -1,0 +1,80 @@
+"""Question sources read from files a user points at (any fsspec URL): Parquet, JSONL/JSON or CSV."""
+
+from __future__ import annotations
+
+import os
+
+import fsspec
+import polars as pl
+
+from targets import InvalidInput
+
+# Bread's named datasets and the column their questions are in. bakehouse reads them from
+# BAKEHOUSE_DATASETS_URL/<name>.parquet (for example a bucket the team filled once); the names are
+# kept so Bread configs work unchanged where such a copy exists.
+NAMED_DATASET_COLUMNS = {
+    "gsm8k": "question",
+    "squad": "question",
+    "mmlu": "question",
+    "hellaswag": "ctx",
+    "code_contests": "description",
+    "math_problems": "problem",
+}
+QUESTION_COLUMNS = ("question", "prompt", "text", "input", "query", "instruction")
+
+
+def read_questions(url: str, column: str | None = None) -> list[str]:
+    """All non-empty questions of one column of a dataset file, in file order."""
+    reader = _reader_for(url)
+    try:
+        with fsspec.open(url, "rb") as handle:
+            frame = reader(handle)
+    except FileNotFoundError:
+        raise InvalidInput(f"dataset file not found: {url}") from None
+    except (OSError, pl.exceptions.PolarsError) as error:
+        raise InvalidInput(f"cannot read dataset {url}: {error}") from None
+    if column is None:
+        column = next((c for c in QUESTION_COLUMNS if c in frame.columns), None)
+        if column is None:
+            raise InvalidInput(f"dataset {url} has no question column; set 'column' to one of {frame.columns}")
+    if column not in frame.columns:
+        raise InvalidInput(f"dataset {url} has no column '{column}'; it has {frame.columns}")
+    values = frame.get_column(column).cast(pl.String, strict=False).drop_nulls().to_list()
+    return [v.strip() for v in values if v and v.strip()]
+
+
+def _reader_for(url: str):
+    path = url.split("?", 1)[0].lower()
+    if path.endswith(".parquet"):
+        return pl.read_parquet
+    if path.endswith((".jsonl", ".ndjson")):
+        return pl.read_ndjson
+    if path.endswith(".json"):
+        return pl.read_json
+    if path.endswith(".csv"):
+        return pl.read_csv
+    raise InvalidInput(f"dataset {url}: unknown format (use .parquet, .jsonl, .json or .csv)")
+
+
+def dataset_url(dataset: str) -> str:
+    """A file URL as given, or the local copy of one of Bread's named datasets."""
+    if "://" in dataset or "/" in dataset or "." in dataset:
+        return dataset
+    if dataset not in NAMED_DATASET_COLUMNS:
+        raise InvalidInput(f"unknown dataset '{dataset}': give a file URL or one of {sorted(NAMED_DATASET_COLUMNS)}")
+    root = os.environ.get("BAKEHOUSE_DATASETS_URL")
+    if not root:
+        raise InvalidInput(
+            f"dataset '{dataset}' is not available on this machine: set BAKEHOUSE_DATASETS_URL to a folder "
+            f"holding {dataset}.parquet, or give the file's URL as 'dataset'"
+        )
+    return f"{root.rstrip('/')}/{dataset}.parquet"
+
+
+def read_text(url: str) -> str:
+    """A small text file (a question template) from any fsspec URL."""
+    try:
+        with fsspec.open(url, "rt", encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise InvalidInput(f"template file not found: {url}") from None

@@ -1,0 +1,171 @@
+"""Stim and rollout jobs end to end on the fake engine (fast); the real engine is in test_real_engine."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from flows.engines.fake import FakeEngine
+from flows.rollout import run_rollout
+from flows.stim import run_stim
+from targets import InvalidInput, PromptSpec, RepoSpec, TargetSpec
+
+
+class CountingEngines:
+    """Engines stand-in: one FakeEngine, counting requests; optionally dies after `crash_after` results."""
+
+    def __init__(self, crash_after: int | None = None, **options):
+        self.engine = FakeEngine(**options)
+        self.requests = 0
+        self.crash_after = crash_after
+
+    def __call__(self, model):
+        outer = self
+
+        class Wrapped:
+            def generate(self, requests):
+                def counted():
+                    for request in requests:
+                        outer.requests += 1
+                        yield request
+
+                for produced, result in enumerate(outer.engine.generate(counted()), start=1):
+                    yield result
+                    if outer.crash_after is not None and produced >= outer.crash_after:
+                        raise RuntimeError("worker died")
+
+        return Wrapped()
+
+
+def setup_target(ws, generators, name="t", **overrides):
+    ws.create_repo(RepoSpec(repo_name="r", base_model="fake"))
+    ws.create_prompt("r", PromptSpec(prompt_name="teacher", messages=[{"role": "system", "content": "Answer like a pirate."}]))
+    ws.create_prompt("r", PromptSpec(prompt_name="student", messages=[]))
+    ws.create_target(
+        "r",
+        TargetSpec(
+            target_name=name,
+            overrides={"teacher_prompt": "teacher", "student_prompt": "student", "generators": generators,
+                       "model_name": "fake", **overrides},
+        ),
+    )
+
+
+def questions(n, prefix="q"):
+    return [f"{prefix} {i}?" for i in range(n)]
+
+
+def test_stim_dedups_across_generators_and_reports_it(store, tmp_path):
+    ws = store.workspace()
+    dataset = tmp_path / "qs.parquet"
+    pl.DataFrame({"question": questions(30, "d") + ["a 1?"]}).write_parquet(dataset)
+    setup_target(
+        ws,
+        [
+            {"type": "hardcoded", "questions": questions(5, "a")},
+            {"type": "hardcoded", "questions": ["a 1?", "a 2?", "new?"]},
+            {"type": "from_dataset", "dataset": str(dataset), "numq": 31, "seed": 3},
+            {"type": "persona", "numq": 4},
+        ],
+    )
+    status = run_stim(ws, "r", "t", engines=CountingEngines())
+    assert status.status == "complete"
+    rows = list(ws.job("r", "t", "stim").iter_rows())
+    asked = [r["conditioned_stimulus"]["messages"][-1]["content"] for r in rows]
+    assert len(asked) == len(set(asked)) == status.lines
+    assert [r["stimulus_id"] for r in rows] == list(range(len(rows)))
+    assert status.summary["duplicates_dropped"] == 3  # a 1?, a 2? (generator 1) and a 1? (dataset)
+    assert asked[:6] == questions(5, "a") + ["new?"]
+    assert rows[0]["unconditioned_stimulus"]["messages"][0] == {"role": "system", "content": "Answer like a pirate."}
+    assert rows[0]["conditioned_stimulus"]["messages"] == [{"role": "user", "content": "a 0?"}]
+
+
+def test_oneshot_shortfall_is_reported_not_hidden(store):
+    ws = store.workspace()
+    setup_target(ws, [{"type": "oneshot_qs", "numq": 60}])
+    status = run_stim(ws, "r", "t", engines=CountingEngines())
+    assert status.status == "complete"
+    # The fake model writes one line per request, so 3 requests a round give 3 questions a round.
+    assert 0 < status.lines < 60
+    assert any("made" in note and "of 60" in note for note in status.summary["shortfalls"])
+
+
+def test_missing_dataset_fails_the_job_with_advice(store, monkeypatch):
+    monkeypatch.delenv("BAKEHOUSE_DATASETS_URL", raising=False)
+    ws = store.workspace()
+    setup_target(ws, [{"type": "from_dataset", "dataset": "gsm8k", "numq": 5}])
+    with pytest.raises(InvalidInput):
+        run_stim(ws, "r", "t", engines=CountingEngines())
+    status = ws.job("r", "t", "stim").status()
+    assert status.status == "failed" and "BAKEHOUSE_DATASETS_URL" in status.error
+
+
+def test_rollout_rows_have_bread_shape_and_are_reproducible(store):
+    ws = store.workspace()
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(10)}], num_traj_per_stimulus=3, max_tokens=12)
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(10)}], name="twin", num_traj_per_stimulus=3, max_tokens=12)
+    for name in ("t", "twin"):
+        run_stim(ws, "r", name, engines=CountingEngines())
+        status = run_rollout(ws, "r", name, engines=CountingEngines(), chunk_size=4)
+        assert (status.status, status.lines, status.total_expected) == ("complete", 30, 30)
+    rows = ws.read_page("r", "t", "rollout", offset=0, limit=1000).rows
+    twin = ws.read_page("r", "twin", "rollout", offset=0, limit=1000).rows
+    assert rows == twin  # same config, same seeds, same rows
+    assert [(r["stimulus_id"], r["trajectory_id"]) for r in rows] == [(s, t) for s in range(10) for t in range(3)]
+    first = rows[0]
+    assert first["response"]["role"] == "assistant" and first["response"]["content"]
+    usage = first["response"]["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert first["conditioned_stimulus"]["messages"] == [{"role": "user", "content": "q 0?"}]
+    assert first["unconditioned_stimulus"]["messages"][0]["role"] == "system"
+    assert {"model", "temperature", "seed", "finish_reason"} <= set(first)
+    assert len({r["response"]["content"] for r in rows[:3]}) > 1  # n distinct samples of one stimulus
+
+
+def test_failed_trajectories_are_rows_with_errors(store):
+    ws = store.workspace()
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(4)}], num_traj_per_stimulus=2)
+    run_stim(ws, "r", "t", engines=CountingEngines())
+    status = run_rollout(ws, "r", "t", engines=CountingEngines(fail_keys={2}))
+    assert status.status == "complete" and status.lines == 8
+    rows = ws.read_page("r", "t", "rollout", offset=0, limit=100).rows
+    failed = [r for r in rows if r.get("error")]
+    assert [(r["stimulus_id"], r["trajectory_id"]) for r in failed] == [(2, 0), (2, 1)]
+    assert all(r["response"] is None for r in failed)
+
+
+def test_rollout_before_stim_is_refused_and_leaves_no_trace(store):
+    ws = store.workspace()
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(2)}])
+    with pytest.raises(InvalidInput, match="Stim job must complete before running rollout"):
+        run_rollout(ws, "r", "t", engines=CountingEngines())
+    assert ws.job("r", "t", "rollout").status().status == "not_started"
+
+
+def test_crashed_rollout_resumes_without_redoing_or_duplicating(store):
+    ws = store.workspace()
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(50)}], num_traj_per_stimulus=2)
+    run_stim(ws, "r", "t", engines=CountingEngines())
+    crashing = CountingEngines(crash_after=23)
+    with pytest.raises(RuntimeError, match="worker died"):
+        run_rollout(ws, "r", "t", engines=crashing, chunk_size=10)
+    status = ws.job("r", "t", "rollout").status()
+    assert (status.status, status.lines) == ("failed", 40)  # chunks 0 and 1 were committed
+    again = CountingEngines()
+    status = run_rollout(ws, "r", "t", engines=again, chunk_size=99)  # the plan's chunk size wins
+    assert (status.status, status.lines) == ("complete", 100)
+    assert again.requests == 30  # only the 30 stimuli of uncommitted chunks were asked again
+    rows = ws.read_page("r", "t", "rollout", offset=0, limit=1000).rows
+    keys = [(r["stimulus_id"], r["trajectory_id"]) for r in rows]
+    assert keys == [(s, t) for s in range(50) for t in range(2)]
+
+
+def test_repeated_runs_do_nothing_new(store):
+    ws = store.workspace()
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(3)}])
+    run_stim(ws, "r", "t", engines=CountingEngines())
+    run_rollout(ws, "r", "t", engines=CountingEngines())
+    engines = CountingEngines()
+    assert run_stim(ws, "r", "t", engines=engines).status == "complete"
+    assert run_rollout(ws, "r", "t", engines=engines).status == "complete"
+    assert engines.requests == 0

@@ -23,7 +23,8 @@ if [ ! -f "$venv/.complete" ]; then
   touch "$venv/.complete"
 fi
 # The project itself: editable, so the clone is what runs. Cheap when already installed.
-if ! "$venv/bin/python" -c "import bakehouse, sys; sys.exit(0 if bakehouse.__file__.startswith('$here/') else 1)" 2>/dev/null; then
+# -I: the check must not find the clone through the current directory.
+if [ ! -x "$venv/bin/bakehouse" ] || ! "$venv/bin/python" -I -c "import bakehouse, sys; sys.exit(0 if bakehouse.__file__.startswith('$here/') else 1)" 2>/dev/null; then
   "$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e "$here" >/dev/null 2>&1 \
     || "$venv/bin/pip" install --no-deps --no-build-isolation -e "$here" >&2
 fi

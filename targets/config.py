@@ -251,6 +251,9 @@ def config_hash(config: BaseModel | dict[str, Any]) -> str:
 
 
 def derive_seed(*parts: object) -> int:
-    """A stable 31-bit seed from any parts (target seed, stimulus id, ...): same parts, same seed."""
+    """A stable seed from any parts (target seed, stimulus id, ...): same parts, same seed.
+
+    52 bits: vLLM seeds completion i of a request with `seed + i`, so seeds of different stimuli must
+    rarely fall within n of each other; 52 bits also survive JSON readers that use doubles."""
     digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+    return int.from_bytes(digest[:8], "big") & (2**52 - 1)

@@ -1,0 +1,82 @@
+"""`bakehouse demo`: the main job on the embedded default (local storage, Prefect without a server,
+in-process CPU vLLM, the tiny model), with live progress, ending with where the output is."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bakehouse.specs import EXAMPLES, read_spec_file
+from repo_store import Store, Workspace
+
+console = Console()
+
+
+def apply_locally(workspace: Workspace, path) -> tuple[str, list[str]]:
+    spec = read_spec_file(path)
+    workspace.create_repo(spec.repo)
+    for prompt in spec.prompts:
+        workspace.create_prompt(spec.repo.repo_name, prompt)
+    for target in spec.targets:
+        workspace.create_target(spec.repo.repo_name, target)
+    return spec.repo.repo_name, [t.target_name for t in spec.targets]
+
+
+def watch(workspace: Workspace, repo: str, target: str, stop: threading.Event) -> None:
+    """Progress bars for stim and rollout, read from storage (the same numbers the API reports)."""
+    with Progress(
+        TextColumn("{task.description:>8}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[lines]} rows"), TimeElapsedColumn(), console=console,
+    ) as bars:
+        tasks = {kind: bars.add_task(kind, total=100, lines=0) for kind in ("stim", "rollout")}
+        while True:
+            for kind, task in tasks.items():
+                status = workspace.job(repo, target, kind).status()
+                bars.update(task, completed=status.progress_percent or 0, lines=status.lines)
+            if stop.wait(0.5):
+                break
+        for kind, task in tasks.items():  # final numbers after the flow returned
+            status = workspace.job(repo, target, kind).status()
+            bars.update(task, completed=status.progress_percent or 0, lines=status.lines)
+
+
+def run_demo(data_url: str | None = None, spec_path=None) -> int:
+    from flows.pipeline import target_flow
+
+    store = Store(data_url)
+    workspace = store.workspace()
+    repo, targets = apply_locally(workspace, spec_path or EXAMPLES / "demo.yaml")
+    target = targets[0]
+    console.print(f"[bold]bakehouse demo[/bold]: repo [cyan]{repo}[/cyan], target [cyan]{target}[/cyan], storage {store.url}")
+    console.print("Starting Prefect (a temporary local server) and vLLM on the CPU with the tiny model…")
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch, args=(workspace, repo, target, stop), daemon=True)
+    watcher.start()
+    try:
+        result = target_flow(repo, target, data_url=store.url)
+    finally:
+        stop.set()
+        watcher.join()
+    rollout = workspace.job(repo, target, "rollout").status()
+    if rollout.status != "complete":
+        stim = workspace.job(repo, target, "stim").status()
+        console.print(f"[red]Not complete[/red]: stim {stim.status} {stim.error or ''} rollout {rollout.status} {rollout.error or ''}")
+        console.print(f"flow result: {result}")
+        return 1
+    job = workspace.job(repo, target, "rollout")
+    console.print(f"\n[green]Done[/green]: {rollout.lines} trajectories ({rollout.summary.get('trajectories_per_second')} per second).")
+    console.print(f"Output: {job.folder}/manifest.json and its Parquet parts")
+    console.print("First rows:")
+    for row in workspace.read_page(repo, target, "rollout", offset=0, limit=3).rows:
+        shown = {
+            "stimulus_id": row["stimulus_id"],
+            "trajectory_id": row["trajectory_id"],
+            "question": row["conditioned_stimulus"]["messages"][-1]["content"],
+            "response": (row["response"] or {}).get("content", "")[:120],
+            "finish_reason": row["finish_reason"],
+        }
+        console.print_json(json.dumps(shown, ensure_ascii=False))
+    return 0

@@ -1,0 +1,199 @@
+"""OpenAIEngine against a local stub (retries, limits, parsing) and against a real vLLM server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from flows.engines import ChatRequest, Sampling, open_engine
+from flows.engines.openai_engine import OpenAIEngine
+
+
+class Stub:
+    """An OpenAI-style /v1/chat/completions whose behaviour is chosen by the user message:
+
+    "ok", "slow" (0.2 s), "429-once" (Retry-After: 0), "429-wait" (Retry-After: 1, once),
+    "503" (always), "400" (always).
+    """
+
+    def __init__(self):
+        self.calls = Counter()
+        self.bodies = []
+        self.active = self.max_active = 0
+        self.lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                assert self.path == "/v1/chat/completions"
+                mode = body["messages"][-1]["content"]
+                with stub.lock:
+                    stub.calls[mode] += 1
+                    calls = stub.calls[mode]
+                    stub.bodies.append(body)
+                    stub.active += 1
+                    stub.max_active = max(stub.max_active, stub.active)
+                try:
+                    if mode == "slow":
+                        time.sleep(0.2)
+                    if mode == "429-once" and calls == 1:
+                        return self.reply(429, {"error": "slow down"}, {"Retry-After": "0"})
+                    if mode == "429-wait" and calls == 1:
+                        return self.reply(429, {"error": "slow down"}, {"Retry-After": "1"})
+                    if mode == "503":
+                        return self.reply(503, {"error": "overloaded"})
+                    if mode == "400":
+                        return self.reply(400, {"error": "prompt too long"})
+                    n = body.get("n", 1)
+                    texts = ["abc", "abcdefg", "abcdefghijk"][:n]
+                    return self.reply(200, {
+                        "choices": [
+                            {"index": i, "message": {"role": "assistant", "content": t},
+                             "finish_reason": "stop"}
+                            for i, t in reversed(list(enumerate(texts)))
+                        ],
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 10,
+                                  "total_tokens": 15},
+                    })  # fmt: skip
+                finally:
+                    with stub.lock:
+                        stub.active -= 1
+
+            def reply(self, status, payload, headers=None):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub():
+    s = Stub()
+    yield s
+    s.stop()
+
+
+def req(key, mode, n=1, seed=None, **extra):
+    return ChatRequest(
+        key, [{"role": "user", "content": mode}],
+        Sampling(n=n, temperature=0.7, max_tokens=9, seed=seed, extra=extra),
+    )  # fmt: skip
+
+
+def test_retries_429_honouring_retry_after(stub):
+    engine = open_engine("m", base_url=stub.url, max_retries=3)
+    assert isinstance(engine, OpenAIEngine)
+    engine.backoff = 0.01
+    start = time.monotonic()
+    results = {r.key: r for r in engine.generate([req(1, "429-once"), req(2, "429-wait")])}
+    elapsed = time.monotonic() - start
+    engine.close()
+    assert all(r.error is None for r in results.values()), results
+    assert stub.calls == Counter({"429-once": 2, "429-wait": 2})
+    assert elapsed >= 1.0  # Retry-After: 1 was honoured
+    assert results[1].completions[0].text == "abc"
+
+
+def test_failures_fail_alone(stub):
+    engine = OpenAIEngine("m", base_url=stub.url, max_retries=2, backoff=0.01)
+    results = {r.key: r for r in engine.generate([req(1, "503"), req(2, "400"), req(3, "ok")])}
+    assert "503" in results[1].error and "3 attempts" in results[1].error
+    assert "400" in results[2].error and "prompt too long" in results[2].error
+    assert results[3].error is None
+    assert stub.calls == Counter({"503": 3, "400": 1, "ok": 1})  # no retry on a plain 4xx
+    engine.close()
+
+
+def test_unreachable_server_gives_error_results(unused_port):
+    engine = OpenAIEngine("m", base_url=f"http://127.0.0.1:{unused_port}/v1", max_retries=1,
+                          backoff=0.01)  # fmt: skip
+    (result,) = engine.generate([req(1, "ok")])
+    assert result.error and "ConnectError" in result.error and result.completions == []
+    engine.close()
+
+
+def test_request_body_and_choice_parsing(stub):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    request = ChatRequest(
+        7, [{"role": "user", "content": "ok"}],
+        Sampling(n=3, temperature=0.5, max_tokens=9, seed=42, extra={"top_k": 5, "stop": ["x"]}),
+        tools=tools,
+    )  # fmt: skip
+    engine = OpenAIEngine("my-model", base_url=stub.url + "/", api_key="k")
+    (result,) = engine.generate([request])
+    engine.close()
+    (body,) = stub.bodies
+    assert body == {"model": "my-model", "messages": request.messages, "n": 3, "temperature": 0.5,
+                    "max_tokens": 9, "seed": 42, "tools": tools, "top_k": 5, "stop": ["x"]}  # fmt: skip
+    assert [c.text for c in result.completions] == ["abc", "abcdefg", "abcdefghijk"]
+    assert result.prompt_tokens == 5
+    counts = [c.completion_tokens for c in result.completions]
+    assert sum(counts) == 10 and counts == sorted(counts)  # split by text length
+    assert [c.finish_reason for c in result.completions] == ["stop"] * 3
+
+
+def test_concurrency_is_bounded_and_input_lazy(stub):
+    engine = OpenAIEngine("m", base_url=stub.url, max_concurrency=4)
+    pulled = 0
+
+    def source():
+        nonlocal pulled
+        for i in range(24):
+            pulled += 1
+            yield req(i, "slow")
+
+    keys = []
+    for done, r in enumerate(engine.generate(source()), start=1):
+        assert r.error is None
+        assert pulled - done <= 4
+        keys.append(r.key)
+    engine.close()
+    assert sorted(keys) == list(range(24))
+    assert 2 <= stub.max_active <= 4
+
+
+@pytest.mark.vllm
+def test_against_vllm_server(vllm_server):
+    engine = open_engine("tiny-random", base_url=vllm_server, max_concurrency=4)
+    requests = [
+        ChatRequest(i, [{"role": "system", "content": "Bake."},
+                        {"role": "user", "content": f"Question {i}"}],
+                    Sampling(n=2, temperature=1.0, max_tokens=8, seed=100 + 2 * i,
+                             extra={"top_p": 0.95}))
+        for i in range(8)
+    ] + [ChatRequest(99, [{"role": "user", "content": "bread " * 3000}], Sampling(max_tokens=4))]  # fmt: skip
+    first = {r.key: r for r in engine.generate(requests)}
+    second = {r.key: r for r in engine.generate(requests[:8])}
+    engine.close()
+    assert set(first) == set(range(8)) | {99}
+    assert first[99].error and "400" in first[99].error
+    for i in range(8):
+        r = first[i]
+        assert r.error is None, r.error
+        assert len(r.completions) == 2 and r.prompt_tokens > 0
+        assert sum(c.completion_tokens for c in r.completions) <= 16
+        assert all(c.finish_reason in {"stop", "length"} for c in r.completions)
+        assert [c.text for c in r.completions] == [c.text for c in second[i].completions]

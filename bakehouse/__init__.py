@@ -1,1 +1,36 @@
-"""bakehouse: stim -> rollout training data, Bread-compatible."""
+"""bakehouse: stim -> rollout training data, Bread-compatible. The edges: API, SDK and CLI.
+
+    bakehouse/api.py      FastAPI routes (thin) -> bakehouse/service.py -> repo_store / runner
+    bakehouse/client.py   the Python SDK (`from bakehouse import Client`)
+    bakehouse/cli.py      the `bakehouse` command
+"""
+
+from bakehouse.client import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    Client,
+    ConflictError,
+    InternalServerError,
+    JobFailed,
+    JobTimeout,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    UnprocessableEntityError,
+)
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "ConflictError",
+    "InternalServerError",
+    "JobFailed",
+    "JobTimeout",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "UnprocessableEntityError",
+]

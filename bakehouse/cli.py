@@ -1,7 +1,13 @@
-"""The `bakehouse` command line."""
+"""The `bakehouse` command line.
+
+Commands that work on resources and jobs talk to a server through the SDK (BAKEHOUSE_BASE_URL,
+BAKEHOUSE_API_KEY); `keys`, `demo` and `serve` work on the configured storage directly.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -10,22 +16,223 @@ import typer
 from bakehouse.settings import apply_defaults
 
 app = typer.Typer(help="bakehouse: stim -> rollout training data, Bread-compatible.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (stored hashed on the configured storage).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+DataOption = typer.Option(None, "--data", envvar="BAKEHOUSE_DATA", help="Storage URL: a folder or s3://bucket/prefix.")
+RepoOption = typer.Option(..., "--repo", "-r", help="Repository name.")
 
 
 @app.callback()
 def root() -> None:
-    """Storage comes from BAKEHOUSE_DATA (a folder, default ./bakehouse-data, or s3://bucket/prefix)."""
+    """Storage comes from BAKEHOUSE_DATA (default ./bakehouse-data); servers from BAKEHOUSE_BASE_URL."""
+
+
+def _client():
+    from bakehouse.client import Client
+
+    return Client()
+
+
+def _fail(error: Exception) -> None:
+    message = getattr(error, "message", None) or str(error)
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(1)
+
+
+# -- local -----------------------------------------------------------------------------------------
 
 
 @app.command()
-def demo(
-    data: Optional[str] = typer.Option(None, envvar="BAKEHOUSE_DATA", help="Storage URL (folder or s3://bucket/prefix)."),
-    spec: Optional[Path] = typer.Option(None, help="Resource file to run instead of the built-in example."),
-) -> None:
-    """Create the example target and run stim -> rollout on it, showing progress."""
+def demo(data: Optional[str] = DataOption, spec: Optional[Path] = typer.Option(None, help="Resource file to run instead of the example.")) -> None:
+    """Create the example target and run stim -> rollout on it locally, showing progress."""
     from bakehouse.demo import run_demo
 
     raise typer.Exit(run_demo(data, spec))
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000, data: Optional[str] = DataOption) -> None:
+    """Run the API server (OpenAPI docs at /docs). Jobs run as worker processes of this server."""
+    import uvicorn
+
+    from bakehouse.api import create_app
+    from repo_store import Store
+
+    store = Store(data)
+    application = create_app(store)
+    if not store.keys.list():
+        typer.echo("No API keys yet: create one with `bakehouse keys create --workspace default --scope write`.", err=True)
+    try:
+        uvicorn.run(application, host=host, port=port, log_level="warning")
+    finally:
+        application.state.runner.close()
+
+
+@keys_app.command("create")
+def keys_create(
+    workspace: str = typer.Option("default", help="The workspace (namespace of repos) the key acts in."),
+    scope: str = typer.Option("write", help="read, write or admin."),
+    name: str = typer.Option("", help="A label to recognise the key by."),
+    data: Optional[str] = DataOption,
+) -> None:
+    """Create a key. The secret is printed once, alone on the last line: KEY=$(bakehouse keys create | tail -1)."""
+    from repo_store import Store
+
+    try:
+        key, secret = Store(data).keys.create(workspace=workspace, scope=scope, name=name)  # type: ignore[arg-type]
+    except Exception as error:  # noqa: BLE001
+        _fail(error)
+    typer.echo(f"Created key {key.key_id} (workspace {key.workspace}, scope {key.scope}). It is shown only now:", err=True)
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(data: Optional[str] = DataOption) -> None:
+    """List keys (ids, workspaces and scopes; secrets are not stored)."""
+    from repo_store import Store
+
+    for key in Store(data).keys.list():
+        typer.echo(f"{key.key_id}\t{key.workspace}\t{key.scope}\t{key.name}")
+
+
+# -- through the API -------------------------------------------------------------------------------
+
+
+@app.command()
+def apply(path: Path) -> None:
+    """Create the repo, prompts and targets of a resource file (YAML); existing identical ones are kept."""
+    import httpx
+
+    from bakehouse.client import APIError
+    from bakehouse.specs import read_spec_file
+    from targets import BakehouseError
+
+    try:
+        spec = read_spec_file(path)
+        client = _client()
+        repo = spec.repo.repo_name
+        client.repo.create(repo_name=repo, base_model=spec.repo.base_model)
+        for prompt in spec.prompts:
+            data = prompt.model_dump(mode="json", exclude_none=True)
+            client.prompts.create(repo, prompt_name=data["prompt_name"], messages=data["messages"], tools=data.get("tools"))
+        for target in spec.targets:
+            client.targets.create(repo, target_name=target.target_name, template=target.template, overrides=target.overrides)
+    except (APIError, BakehouseError, httpx.TransportError, OSError) as error:
+        _fail(error)
+    typer.echo(f"repo {repo}: {len(spec.prompts)} prompts, {len(spec.targets)} targets")
+
+
+def _job_commands(kind: str) -> typer.Typer:
+    group = typer.Typer(help=f"The {kind} job of a target.", no_args_is_help=True)
+
+    @group.command("run")
+    def run(
+        target: str,
+        repo: str = RepoOption,
+        wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until the job ends."),
+    ) -> None:
+        """Start (or join) the job; with --wait show a progress bar until it ends."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from bakehouse.client import APIError, JobFailed
+
+        client = _client()
+        jobs = getattr(client.targets, kind)
+        try:
+            if not wait:
+                typer.echo(json.dumps(jobs.run(target, repo_name=repo, poll=False)))
+                return
+            with Progress(TextColumn(f"{kind:>8}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                          TextColumn("{task.fields[lines]} rows {task.fields[status]}"), TimeElapsedColumn()) as bars:
+                task = bars.add_task(kind, total=100, lines=0, status="")
+
+                def show(job: dict) -> None:
+                    bars.update(task, completed=job.get("progress_percent") or 0, lines=job.get("lines") or 0, status=job["status"])
+
+                job = jobs.run(target, repo_name=repo, poll_interval=1.0, on_progress=show)
+        except JobFailed as failed:
+            _fail(Exception(f"{kind} failed: {failed.job.get('error')}"))
+        except APIError as error:
+            _fail(error)
+        typer.echo(f"{kind} {job['status']}: {job['lines']} rows")
+
+    @group.command("status")
+    def status(target: str, repo: str = RepoOption) -> None:
+        """Print the job's status as JSON."""
+        from bakehouse.client import APIError
+
+        try:
+            typer.echo(json.dumps(getattr(_client().targets, kind).get(target, repo_name=repo), indent=2))
+        except APIError as error:
+            _fail(error)
+
+    @group.command("output")
+    def output(
+        target: str,
+        repo: str = RepoOption,
+        limit: int = typer.Option(10, min=1, max=1000),
+        offset: int = typer.Option(0, min=0),
+        jsonl: bool = typer.Option(False, "--jsonl", help="Rows as JSON lines instead of a table."),
+    ) -> None:
+        """Show one page of output."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from bakehouse.client import APIError
+
+        try:
+            page = getattr(_client().targets, kind).get_output(target, repo_name=repo, limit=limit, offset=offset)
+        except APIError as error:
+            _fail(error)
+        if jsonl:
+            for row in page["output"]:
+                sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+            return
+        table = Table(title=f"{kind} rows {offset}-{offset + len(page['output'])} of {page['lines']}")
+        columns = ["stimulus_id", "question"] + (["trajectory_id", "response"] if kind == "rollout" else [])
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in page["output"]:
+            question = row["conditioned_stimulus"]["messages"][-1]["content"]
+            cells = [str(row.get("stimulus_id")), str(question)[:80]]
+            if kind == "rollout":
+                response = (row.get("response") or {}).get("content") or f"[error] {row.get('error')}"
+                cells += [str(row.get("trajectory_id")), response[:80]]
+            table.add_row(*cells)
+        Console().print(table)
+
+    @group.command("export")
+    def export(target: str, destination: str, repo: str = RepoOption) -> None:
+        """Write all rows to DESTINATION (any fsspec URL; .parquet or .jsonl)."""
+        import fsspec
+
+        from bakehouse.client import APIError
+
+        jobs = getattr(_client().targets, kind)
+        try:
+            if destination.endswith(".parquet"):
+                frame = jobs.read_dataframe(target, repo_name=repo)
+                with fsspec.open(destination, "wb") as handle:
+                    frame.write_parquet(handle)
+                count = frame.height
+            elif destination.endswith((".jsonl", ".ndjson")):
+                count = 0
+                with fsspec.open(destination, "wt", encoding="utf-8") as handle:
+                    for row in jobs.iter_output(target, repo_name=repo):
+                        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        count += 1
+            else:
+                _fail(Exception("destination must end in .parquet or .jsonl"))
+        except APIError as error:
+            _fail(error)
+        typer.echo(f"wrote {count} rows to {destination}")
+
+    return group
+
+
+app.add_typer(_job_commands("stim"), name="stim")
+app.add_typer(_job_commands("rollout"), name="rollout")
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from targets import (
 )
 
 from repo_store.jobs import Job, JobKind
+from repo_store.keys import KeyStore
 from repo_store.pages import FooterCache, Page, read_page
 from repo_store.storage import Storage
 
@@ -61,6 +62,7 @@ class Store:
     def __init__(self, url: str | None = None):
         self.storage = Storage(url)
         self.footers = FooterCache()
+        self.keys = KeyStore(self.storage)
         self._jobs: dict[str, Job] = {}
 
     @property

@@ -1,0 +1,281 @@
+"""The Bread-compatible REST API: thin routes over bakehouse.service; schemas in bakehouse.schemas."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bakehouse import schemas as s
+from bakehouse.runner import LocalRunner
+from bakehouse.service import Runner, Service
+from repo_store import MAX_PAGE_LIMIT, ApiKey, JobStatus, Store
+from targets import BakehouseError, Conflict, InvalidInput, NotFound, ValidationFailed
+
+VERSION = "0.1.0"
+STATUS_BY_ERROR = {ValidationFailed: 422, InvalidInput: 400, NotFound: 404, Conflict: 409}
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, message: str, code: str):
+        self.status, self.message, self.code = status, message, code
+
+
+def _error(status: int, message: str, code: str, **extra: Any) -> JSONResponse:
+    headers = {"x-should-retry": "false"} if status in (400, 401, 403, 404, 409, 422) else None
+    return JSONResponse({"message": message, "code": code, **extra}, status_code=status, headers=headers)
+
+
+def create_app(store: Store, runner: Runner | None = None) -> FastAPI:
+    runner = runner or LocalRunner(store.url)
+    app = FastAPI(title="bakehouse (Bread-compatible API)", version=VERSION)
+    app.state.runner = runner
+    bearer = HTTPBearer(auto_error=False)
+
+    @app.exception_handler(BakehouseError)
+    async def domain_error(request: Request, error: BakehouseError) -> JSONResponse:
+        status = next((code for cls, code in STATUS_BY_ERROR.items() if isinstance(error, cls)), 500)
+        return _error(status, error.message, error.code)
+
+    @app.exception_handler(AuthError)
+    async def auth_error(request: Request, error: AuthError) -> JSONResponse:
+        return _error(error.status, error.message, error.code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "RESOURCE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(error.status_code, "HTTP_ERROR")
+        return _error(error.status_code, str(error.detail), code)
+
+    @app.exception_handler(RequestValidationError)
+    async def schema_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's `detail` list stays for clients that read it; the envelope says it in one line.
+        details = error.errors()
+        summary = "; ".join(f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in details[:5])
+        safe = [{k: v for k, v in d.items() if k in ("loc", "msg", "type")} for d in details]
+        return _error(422, f"Invalid request: {summary}", "VALIDATION_ERROR", detail=safe)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        return _error(500, "Internal server error", "INTERNAL_ERROR")
+
+    def authenticate(needed: str):
+        def dependency(
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        ) -> ApiKey:
+            if credentials is None:
+                raise AuthError(401, "Missing API key: send 'Authorization: Bearer <key>'", "UNAUTHORIZED")
+            key = store.keys.verify(credentials.credentials)
+            if key is None:
+                raise AuthError(401, "Invalid API key", "UNAUTHORIZED")
+            if not key.allows(needed):
+                raise AuthError(403, f"This key has '{key.scope}' scope; this needs '{needed}'", "FORBIDDEN")
+            return key
+
+        return dependency
+
+    def reader(key: Annotated[ApiKey, Depends(authenticate("read"))]) -> Service:
+        return Service(store.workspace(key.workspace), runner)
+
+    def writer(key: Annotated[ApiKey, Depends(authenticate("write"))]) -> Service:
+        return Service(store.workspace(key.workspace), runner)
+
+    Read = Annotated[Service, Depends(reader)]
+    Write = Annotated[Service, Depends(writer)]
+    # Accepted on every call for SDK compatibility; acting for another user is not supported.
+    UserId = Annotated[str | None, Query(description="Ignored (Bread's master-key override)")]
+    Offset = Annotated[int, Query(ge=0, description="Starting line number (0-indexed)")]
+    Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT, description="Number of lines to return (max 1000)")]
+
+    v1 = APIRouter(prefix="/v1")
+
+    @v1.get("/health", response_model=s.HealthResponse, tags=["health"])
+    def health() -> s.HealthResponse:
+        return s.HealthResponse(status="healthy", version=VERSION)
+
+    # -- repos -----------------------------------------------------------------------------------
+
+    @v1.get("/repo", response_model=s.RepoList | s.PaginatedRepoList, tags=["repo"])
+    def list_repos(
+        service: Read, include_metadata: bool = False, offset: Offset = 0,
+        limit: Annotated[int | None, Query(ge=1)] = None, user_id: UserId = None,
+    ):
+        names = service.ws.list_repos()
+        if not include_metadata:
+            return s.RepoList(repos=names)
+        window = names[offset : None if limit is None else offset + limit]
+        repos = [s.RepoResponse(**service.ws.get_repo(n).model_dump()) for n in window]
+        return s.PaginatedRepoList(
+            repos=repos, offset=offset, limit=limit or max(len(names), 1),
+            has_more=offset + len(window) < len(names), total=len(names),
+        )
+
+    def _create_repo(service: Service, body: s.RepoCreate, response: Response) -> s.RepoResponse:
+        repo, created = service.create_repo(body.repo_name, body.base_model)
+        response.status_code = 201 if created else 200
+        return s.RepoResponse(**repo.model_dump())
+
+    @v1.post("/repo", response_model=s.RepoResponse, status_code=201, tags=["repo"])
+    def create_repo(body: s.RepoCreate, service: Write, response: Response, user_id: UserId = None):
+        return _create_repo(service, body, response)
+
+    @v1.put("/repo", response_model=s.RepoResponse, deprecated=True, tags=["repo"])
+    def set_repo(body: s.RepoCreate, service: Write, response: Response, user_id: UserId = None):
+        _create_repo(service, body, response)
+        response.status_code = 200
+        return s.RepoResponse(**service.ws.get_repo(body.repo_name).model_dump())
+
+    @v1.get("/repo/{repo_name}", response_model=s.RepoResponse, tags=["repo"])
+    def get_repo(repo_name: str, service: Read, user_id: UserId = None):
+        return s.RepoResponse(**service.ws.get_repo(repo_name).model_dump())
+
+    @v1.get("/repo/{repo_name}/tree", response_model=s.RepoTree, tags=["repo"])
+    def get_tree(repo_name: str, service: Read, user_id: UserId = None):
+        return s.RepoTree(base_model=service.ws.get_repo(repo_name).base_model)
+
+    # -- prompts ---------------------------------------------------------------------------------
+
+    def _prompt(spec) -> s.PromptResponse:
+        data = spec.model_dump(mode="json", exclude_none=True)
+        return s.PromptResponse(prompt_name=data["prompt_name"], messages=data["messages"], tools=data.get("tools"))
+
+    @v1.get("/repo/{repo_name}/prompts", response_model=s.PromptList, tags=["prompts"])
+    def list_prompts(repo_name: str, service: Read, user_id: UserId = None):
+        return s.PromptList(prompts=service.ws.list_prompts(repo_name))
+
+    @v1.post("/repo/{repo_name}/prompts", response_model=s.PromptResponse, status_code=201, tags=["prompts"])
+    def create_prompt(repo_name: str, body: s.PromptCreate, service: Write, response: Response, user_id: UserId = None):
+        prompt, created = service.create_prompt(repo_name, body.prompt_name, body.messages, body.tools)
+        response.status_code = 201 if created else 200
+        return _prompt(prompt)
+
+    def _batch_prompts(repo_name: str, body: s.BatchPromptSet, service: Service) -> s.BatchResponse:
+        service.ws.get_repo(repo_name)
+        created, failed = [], {}
+        for name, messages in body.prompts.items():
+            try:
+                service.create_prompt(repo_name, name, messages, None)
+                created.append(name)
+            except BakehouseError as error:
+                failed[name] = error.message
+        return s.BatchResponse(created=created, failed=failed)
+
+    @v1.post("/repo/{repo_name}/prompts/batch", response_model=s.BatchResponse, tags=["prompts"])
+    def batch_prompts(repo_name: str, body: s.BatchPromptSet, service: Write, user_id: UserId = None):
+        return _batch_prompts(repo_name, body, service)
+
+    @v1.put("/repo/{repo_name}/prompts/batch", response_model=s.BatchResponse, deprecated=True, tags=["prompts"])
+    def batch_set_prompts(repo_name: str, body: s.BatchPromptSet, service: Write, user_id: UserId = None):
+        return _batch_prompts(repo_name, body, service)
+
+    @v1.get("/repo/{repo_name}/prompts/{prompt_name}", response_model=s.PromptResponse, tags=["prompts"])
+    def get_prompt(repo_name: str, prompt_name: str, service: Read, user_id: UserId = None):
+        return _prompt(service.ws.get_prompt(repo_name, prompt_name))
+
+    @v1.put("/repo/{repo_name}/prompts/{prompt_name}", response_model=s.PromptResponse, deprecated=True, tags=["prompts"])
+    def set_prompt(repo_name: str, prompt_name: str, body: s.PromptSet, service: Write, user_id: UserId = None):
+        prompt, _ = service.create_prompt(repo_name, prompt_name, body.messages, body.tools)
+        return _prompt(prompt)
+
+    # -- targets ---------------------------------------------------------------------------------
+
+    def _target(target) -> s.TargetResponse:
+        return s.TargetResponse(target_name=target.target_name, config=target.config.model_dump(mode="json", exclude_none=True))
+
+    @v1.get("/repo/{repo_name}/targets", response_model=s.TargetList, tags=["targets"])
+    def list_targets(repo_name: str, service: Read, user_id: UserId = None):
+        return s.TargetList(targets=service.ws.list_targets(repo_name))
+
+    @v1.post("/repo/{repo_name}/targets", response_model=s.TargetResponse, status_code=201, tags=["targets"])
+    def create_target(repo_name: str, body: s.TargetCreate, service: Write, response: Response, user_id: UserId = None):
+        target, created = service.create_target(repo_name, body.target_name, body.template, body.overrides)
+        response.status_code = 201 if created else 200
+        return _target(target)
+
+    def _batch_targets(repo_name: str, body: s.BatchTargetCreate, service: Service) -> s.BatchResponse:
+        service.ws.get_repo(repo_name)
+        created, failed = [], {}
+        for item in body.targets:  # in order, so a later item may use an earlier one as template
+            try:
+                service.create_target(repo_name, item.target_name, item.template, item.overrides)
+                created.append(item.target_name)
+            except BakehouseError as error:
+                failed[item.target_name] = error.message
+        return s.BatchResponse(created=created, failed=failed)
+
+    @v1.post("/repo/{repo_name}/targets/batch", response_model=s.BatchResponse, tags=["targets"])
+    def batch_targets(repo_name: str, body: s.BatchTargetCreate, service: Write, user_id: UserId = None):
+        return _batch_targets(repo_name, body, service)
+
+    @v1.put("/repo/{repo_name}/targets/batch", response_model=s.BatchResponse, deprecated=True, tags=["targets"])
+    def batch_set_targets(repo_name: str, body: s.BatchTargetCreate, service: Write, user_id: UserId = None):
+        return _batch_targets(repo_name, body, service)
+
+    @v1.get("/repo/{repo_name}/targets/{target_name}", response_model=s.TargetResponse, tags=["targets"])
+    def get_target(repo_name: str, target_name: str, service: Read, user_id: UserId = None):
+        return _target(service.ws.get_target(repo_name, target_name))
+
+    @v1.put("/repo/{repo_name}/targets/{target_name}", response_model=s.TargetResponse, deprecated=True, tags=["targets"])
+    def set_target(repo_name: str, target_name: str, body: s.TargetConfigBody, service: Write, user_id: UserId = None):
+        target, _ = service.create_target(repo_name, target_name, body.template, body.overrides)
+        return _target(target)
+
+    @v1.delete("/repo/{repo_name}/targets/{target_name}", response_model=s.DeleteResponse, tags=["targets"])
+    def delete_target(repo_name: str, target_name: str, service: Write, user_id: UserId = None):
+        service.delete_target(repo_name, target_name)
+        return s.DeleteResponse()
+
+    # -- stim and rollout jobs -------------------------------------------------------------------
+
+    def _job(status: JobStatus, config: dict, kind: str) -> dict[str, Any]:
+        body = {
+            "status": status.status,
+            "lines": status.lines,
+            "config": config,
+            "error": status.error,
+            "job_id": status.attempt,
+            "progress_percent": status.progress_percent,
+            "summary": status.summary or None,
+        }
+        if kind == "rollout":
+            body["total_expected"] = status.total_expected
+        return body
+
+    for kind, Status, Output in (
+        ("stim", s.StimResponse, s.StimOutputResponse),
+        ("rollout", s.RolloutResponse, s.RolloutOutputResponse),
+    ):
+
+        def routes(kind=kind, Status=Status, Output=Output) -> None:
+            path = f"/repo/{{repo_name}}/targets/{{target_name}}/{kind}"
+
+            @v1.post(path, response_model=Status, tags=[kind], name=f"run_{kind}",
+                     description=f"Start the {kind} job (no body). Repeating it returns the current job.")
+            def run(repo_name: str, target_name: str, service: Write, user_id: UserId = None):
+                return _job(*service.start_job(repo_name, target_name, kind), kind)
+
+            @v1.get(path, response_model=Status, tags=[kind], name=f"get_{kind}")
+            def get(repo_name: str, target_name: str, service: Read, user_id: UserId = None):
+                return _job(*service.job_status(repo_name, target_name, kind), kind)
+
+            @v1.get(f"{path}/output", response_model=Output, tags=[kind], name=f"get_{kind}_output")
+            def output(repo_name: str, target_name: str, service: Read, offset: Offset = 0, limit: Limit = 100,
+                       user_id: UserId = None):
+                status, config, page = service.read_output(repo_name, target_name, kind, offset, limit)
+                body = _job(status, config, kind)
+                body.update(lines=page.lines, output=page.rows, offset=offset, limit=limit, has_more=page.has_more)
+                return body
+
+        routes()
+
+    app.include_router(v1)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """For `uvicorn bakehouse.api:app_from_env --factory` (storage from BAKEHOUSE_DATA)."""
+    from bakehouse.settings import apply_defaults
+
+    apply_defaults()
+    return create_app(Store())

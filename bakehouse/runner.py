@@ -1,0 +1,87 @@
+"""Where jobs run once the API has accepted them.
+
+`LocalRunner` starts each job as a worker subprocess (`python -m bakehouse.worker`) that runs the
+job's Prefect flow: a job outlives the request, can be killed without touching the server, and shows
+up as a Prefect flow run. Duplicate starts are harmless (the job protocol lets one attempt own a job);
+the runner only avoids starting a second process for a job whose first has not claimed it yet.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+
+from repo_store import JobStatus
+
+
+@dataclass(frozen=True)
+class JobRef:
+    workspace: str
+    repo_name: str
+    target_name: str
+    kind: str
+
+
+@dataclass
+class Submission:
+    process: subprocess.Popen
+    attempt_before: int | None  # the job's attempt number when we submitted
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+class LocalRunner:
+    def __init__(self, data_url: str):
+        self.data_url = data_url
+        self._submissions: dict[JobRef, Submission] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, ref: JobRef, status: JobStatus) -> None:
+        with self._lock:
+            current = self._submissions.get(ref)
+            if current is not None and current.alive and not _claimed_since(current, status):
+                return  # already on its way
+            command = [
+                sys.executable, "-m", "bakehouse.worker", ref.kind,
+                "--workspace", ref.workspace, "--repo", ref.repo_name, "--target", ref.target_name,
+                "--data", self.data_url,
+            ]
+            self._submissions[ref] = Submission(subprocess.Popen(command, stdin=subprocess.DEVNULL), status.attempt)
+
+    def view(self, ref: JobRef, status: JobStatus) -> JobStatus:
+        """The job's status as a client should see it, given what this runner has started.
+
+        Between a start and the worker's claim, storage still shows the previous attempt (or
+        nothing); the job is queued, so it reads `not_started`. A worker that died before claiming
+        is reported as a failure instead of leaving the client polling forever.
+        """
+        submission = self._submissions.get(ref)
+        if submission is None or _claimed_since(submission, status) or status.status in ("running", "complete"):
+            return status
+        if submission.alive:
+            return JobStatus("not_started", status.lines, status.total_expected, status.progress_percent, None, status.attempt)
+        code = submission.process.returncode
+        if code != 0 and status.attempt == submission.attempt_before:
+            error = f"the worker exited with code {code} before starting the job; see the server log"
+            return JobStatus("failed", status.lines, status.total_expected, status.progress_percent, error, status.attempt)
+        return status
+
+    def close(self) -> None:
+        """Stop workers still running (their jobs resume on the next start)."""
+        with self._lock:
+            for submission in self._submissions.values():
+                if submission.alive:
+                    submission.process.terminate()
+            for submission in self._submissions.values():
+                try:
+                    submission.process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    submission.process.kill()
+
+
+def _claimed_since(submission: Submission, status: JobStatus) -> bool:
+    return status.attempt is not None and status.attempt != submission.attempt_before

@@ -1,0 +1,149 @@
+"""The wire contract: request and response bodies of the Bread-compatible API (spec §2.3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from targets import Message
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+class RepoCreate(_Body):
+    repo_name: str
+    base_model: str | None = "Qwen/Qwen3-32B"
+
+
+class PromptCreate(_Body):
+    prompt_name: str
+    messages: list[Message]
+    tools: list[dict[str, Any]] | None = None
+
+
+class PromptSet(_Body):
+    messages: list[Message]
+    tools: list[dict[str, Any]] | None = None
+
+
+class BatchPromptSet(_Body):
+    prompts: dict[str, list[Message]]
+
+
+class TargetCreate(_Body):
+    target_name: str
+    template: str
+    # Validated by targets.resolve_target, which names every bad field in one message.
+    overrides: dict[str, Any] | None = None
+
+
+class TargetConfigBody(_Body):
+    template: str
+    overrides: dict[str, Any] | None = None
+
+
+class BatchTargetCreate(_Body):
+    targets: list[TargetCreate]
+
+
+# -- responses -----------------------------------------------------------------------------------
+
+
+class RepoResponse(BaseModel):
+    repo_name: str
+    base_model: str
+
+
+class RepoList(BaseModel):
+    repos: list[str]
+
+
+class PaginatedRepoList(BaseModel):
+    repos: list[RepoResponse]
+    offset: int
+    limit: int
+    has_more: bool
+    total: int | None = None
+
+
+class RepoTree(BaseModel):
+    base_model: str
+    bakes: dict[str, Any] = Field(default_factory=dict)
+    edges: list[list[str]] = Field(default_factory=list)
+
+
+class PromptResponse(BaseModel):
+    prompt_name: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+
+
+class PromptList(BaseModel):
+    prompts: list[str]
+
+
+class BatchResponse(BaseModel):
+    created: list[str]
+    failed: dict[str, str]
+
+
+class TargetResponse(BaseModel):
+    target_name: str
+    config: dict[str, Any]
+
+
+class TargetList(BaseModel):
+    targets: list[str]
+
+
+class DeleteResponse(BaseModel):
+    message: str = "Resource deleted successfully"
+
+
+class JobResponse(BaseModel):
+    status: str = Field(description="not_started | running | complete | failed")
+    lines: int | None = None
+    config: dict[str, Any] | None = None
+    error: str | None = None
+    job_id: int | None = Field(None, description="Attempt number of the job (it grows when a job resumes)")
+    progress_percent: float | None = Field(None, ge=0, le=100)
+    summary: dict[str, Any] | None = Field(None, description="Counts of the last attempt: dedup, errors, tokens")
+
+
+class StimResponse(JobResponse):
+    pass
+
+
+class RolloutResponse(JobResponse):
+    total_expected: int | None = Field(None, description="stimuli x num_traj_per_stimulus")
+
+
+class StimOutputResponse(StimResponse):
+    output: list[dict[str, Any]]
+    offset: int
+    limit: int
+    has_more: bool
+
+
+class RolloutOutputResponse(RolloutResponse):
+    output: list[dict[str, Any]]
+    offset: int
+    limit: int
+    has_more: bool
+
+
+class ErrorResponse(BaseModel):
+    message: str
+    code: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: str
+    api: str = "bread-api"
+    version: str

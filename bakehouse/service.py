@@ -1,0 +1,76 @@
+"""The service layer behind the API: resources, job starts and status, over one workspace.
+
+Route functions stay thin: they parse the request, call one function here and shape the response.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from repo_store import JobStatus, Page, Workspace
+from targets import InvalidInput, PromptSpec, RepoSpec, TargetSpec, parse
+
+from bakehouse.runner import JobRef
+
+
+class Runner(Protocol):
+    def submit(self, ref: JobRef, status: JobStatus) -> None: ...
+
+    def view(self, ref: JobRef, status: JobStatus) -> JobStatus: ...
+
+
+class Service:
+    def __init__(self, workspace: Workspace, runner: Runner):
+        self.ws = workspace
+        self.runner = runner
+
+    # -- resources -----------------------------------------------------------------------------
+
+    def create_repo(self, repo_name: str, base_model: str | None) -> tuple[RepoSpec, bool]:
+        return self.ws.create_repo(parse(RepoSpec, {"repo_name": repo_name, "base_model": base_model}, "repo"))
+
+    def create_prompt(self, repo_name: str, prompt_name: str, messages: list, tools: list | None) -> tuple[PromptSpec, bool]:
+        spec = parse(PromptSpec, {"prompt_name": prompt_name, "messages": messages, "tools": tools}, "prompt")
+        return self.ws.create_prompt(repo_name, spec)
+
+    def create_target(self, repo_name: str, target_name: str, template: str, overrides: dict | None):
+        spec = parse(TargetSpec, {"target_name": target_name, "template": template, "overrides": overrides}, "target")
+        return self.ws.create_target(repo_name, spec)
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def _ref(self, repo_name: str, target_name: str, kind: str) -> JobRef:
+        return JobRef(self.ws.name, repo_name, target_name, kind)
+
+    def job_status(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any]]:
+        target = self.ws.get_target(repo_name, target_name)
+        status = self.ws.job(repo_name, target_name, kind).status()
+        config = target.config.stim_part() if kind == "stim" else target.config.rollout_part()
+        return self.runner.view(self._ref(repo_name, target_name, kind), status), config
+
+    def start_job(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any]]:
+        """Start (or resume) a job. Repeating it while the job runs or after it completed changes nothing."""
+        target = self.ws.get_target(repo_name, target_name)
+        if kind == "rollout":
+            if self.ws.job(repo_name, target_name, "stim").status().status != "complete":
+                raise InvalidInput("Stim job must complete before running rollout")
+            if not target.config.model_name:
+                raise InvalidInput("model_name must be configured in target")
+        elif not target.config.generators:
+            raise InvalidInput("Target must have generators and teacher prompt configured")
+        status = self.ws.job(repo_name, target_name, kind).status()
+        if status.status not in ("running", "complete"):
+            self.runner.submit(self._ref(repo_name, target_name, kind), status)
+        return self.job_status(repo_name, target_name, kind)
+
+    def read_output(self, repo_name: str, target_name: str, kind: str, offset: int, limit: int):
+        status, config = self.job_status(repo_name, target_name, kind)
+        page: Page = self.ws.read_page(repo_name, target_name, kind, offset=offset, limit=limit)
+        return status, config, page
+
+    def delete_target(self, repo_name: str, target_name: str) -> None:
+        for kind in ("stim", "rollout"):
+            status, _ = self.job_status(repo_name, target_name, kind)
+            if status.status in ("running", "not_started") and status.attempt is not None:
+                raise InvalidInput(f"Target '{target_name}' has a {status.status} {kind} job; wait for it to finish")
+        self.ws.delete_target(repo_name, target_name)

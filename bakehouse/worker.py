@@ -1,0 +1,46 @@
+"""`python -m bakehouse.worker stim|rollout --repo R --target T`: run one job's Prefect flow.
+
+Started by the API's local runner; also handy by hand. Exit code 0 when the job is complete (or
+already owned by another live worker), 1 when it failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from bakehouse.settings import apply_defaults
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bakehouse.worker")
+    parser.add_argument("kind", choices=["stim", "rollout", "target"])
+    parser.add_argument("--workspace", default="default")
+    parser.add_argument("--repo", required=True)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--data", default=None)
+    args = parser.parse_args(argv)
+    apply_defaults()
+    # SIGTERM (runner shutdown, cancel) unwinds like Ctrl-C, so the attempt is released for resuming.
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    from flows.pipeline import target_flow
+    from flows.rollout import rollout_flow
+    from flows.stim import stim_flow
+
+    flow = {"stim": stim_flow, "rollout": rollout_flow, "target": target_flow}[args.kind]
+    try:
+        result = flow(args.repo, args.target, args.workspace, args.data)
+    except Exception as error:  # noqa: BLE001 - the job records the error on storage; say it here too
+        print(f"bakehouse worker: {args.kind} {args.repo}/{args.target} failed: {error}", file=sys.stderr)
+        return 1
+    return 0 if result.get("status", "complete") != "failed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

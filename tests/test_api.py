@@ -1,0 +1,237 @@
+"""The REST API on a real uvicorn server on 127.0.0.1, driven by our SDK and by Bread's own SDK.
+
+Jobs run as real worker processes (Prefect flows) on the fake engine; all workers share one Prefect
+server started for this module, as `bakehouse up` does.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from bakehouse import Client, ConflictError, NotFoundError, PermissionDeniedError, UnprocessableEntityError
+from bakehouse.api import create_app
+from repo_store import Store
+
+QUESTIONS = [f"question {i}?" for i in range(12)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """One Prefect server for the workers of this module (a temporary one per worker costs ~10 s each)."""
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect")),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": ""}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_http(f"{url}/health", 120)
+        yield url
+    finally:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, prefect_server):
+    store = Store(str(tmp_path_factory.mktemp("api-data")))
+    keys = {
+        "write": store.keys.create(workspace="alpha", scope="write")[1],
+        "read": store.keys.create(workspace="alpha", scope="read")[1],
+        "other": store.keys.create(workspace="beta", scope="write")[1],
+    }
+    saved = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = prefect_server  # inherited by the worker processes
+    app = create_app(store)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{port}"
+    wait_http(f"{base_url}/v1/health", 30)
+    yield {"url": base_url, "keys": keys, "store": store, "app": app}
+    server.should_exit = True
+    thread.join(timeout=10)
+    app.state.runner.close()
+    if saved is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = saved
+
+
+def client(api, key="write") -> Client:
+    return Client(base_url=api["url"], api_key=api["keys"][key], poll_interval=0.5)
+
+
+def make_target(c: Client, repo: str, target: str = "t", n: int = 2) -> None:
+    c.repo.create(repo_name=repo, base_model="fake")
+    c.prompts.create(repo, prompt_name="teacher", messages=[{"role": "system", "content": "Be terse."}])
+    c.prompts.create(repo, prompt_name="student", messages=[])
+    c.targets.create(repo, target_name=target, overrides={
+        "teacher_prompt": "teacher", "student_prompt": "student", "model_name": "fake",
+        "num_traj_per_stimulus": n, "max_tokens": 8,
+        "generators": [{"type": "hardcoded", "questions": QUESTIONS}],
+    })
+
+
+def test_whole_flow_through_our_sdk(api):
+    c = client(api)
+    make_target(c, "ours")
+    seen = []
+    stim = c.targets.stim.run("t", repo_name="ours", timeout=180, on_progress=lambda job: seen.append(job["status"]))
+    assert (stim["status"], stim["lines"]) == ("complete", len(QUESTIONS))
+    assert set(stim["config"]) == {"generators", "teacher_prompt", "student_prompt"}
+    rollout = c.targets.rollout.run("t", repo_name="ours", timeout=180)
+    assert (rollout["status"], rollout["lines"], rollout["total_expected"]) == ("complete", 24, 24)
+    rows = list(c.targets.rollout.iter_output("t", repo_name="ours", page_size=5))
+    assert [(r["stimulus_id"], r["trajectory_id"]) for r in rows] == [(s, t) for s in range(12) for t in range(2)]
+    training = list(c.targets.rollout.iter_training_rows("t", repo_name="ours"))
+    assert training[0]["student_messages"][-1]["role"] == "assistant"
+    assert training[0]["teacher_messages"][0] == {"role": "system", "content": "Be terse."}
+    frame = c.targets.stim.read_dataframe("t", repo_name="ours")
+    assert frame.height == 12
+    # Repeating a start after completion changes nothing.
+    again = c.targets.rollout.run("t", repo_name="ours", poll=False)
+    assert (again["status"], again["job_id"]) == ("complete", rollout["job_id"])
+
+
+def test_whole_flow_through_breads_sdk(api):
+    from aibread import Bread
+    import aibread
+
+    bread = Bread(base_url=api["url"], api_key=api["keys"]["write"], _strict_response_validation=True, max_retries=0)
+    raw = bread.repo.with_raw_response.create(repo_name="bread", base_model="fake")
+    assert raw.http_response.status_code == 201
+    assert bread.repo.with_raw_response.create(repo_name="bread", base_model="fake").http_response.status_code == 200
+    with pytest.raises(aibread.ConflictError) as conflict:
+        bread.repo.create(repo_name="bread", base_model="other")
+    assert conflict.value.response.headers["x-should-retry"] == "false"
+    bread.prompts.create("bread", prompt_name="teacher", messages=[{"role": "system", "content": "Be terse."}])
+    bread.prompts.create("bread", prompt_name="student", messages=[])
+    target = bread.targets.create("bread", target_name="t", template="default", overrides={
+        "teacher_prompt": "teacher", "student_prompt": "student", "model_name": "fake", "num_traj_per_stimulus": 3,
+        "generators": [{"type": "hardcoded", "numq": 5, "questions": QUESTIONS[:5]}],
+    })
+    assert target.config.teacher_prompt == "teacher" and target.config.api_model_name == "fake"
+    started = bread.targets.stim.run("t", repo_name="bread", poll=False)
+    assert started.status in ("not_started", "running", "complete")
+
+    def wait(resource):
+        deadline = time.monotonic() + 180
+        while (job := resource.get("t", repo_name="bread")).status in ("not_started", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        return job
+
+    assert wait(bread.targets.stim).status == "complete"
+    bread.targets.rollout.run("t", repo_name="bread", poll=False)
+    rollout = wait(bread.targets.rollout)
+    assert (rollout.status, rollout.lines, rollout.total_expected) == ("complete", 15, 15)
+    page = bread.targets.rollout.get_output("t", repo_name="bread", limit=1000)
+    assert len(page.output) == 15 and page.has_more is False
+    assert page.output[0]["response"]["content"]
+    stim_page = bread.targets.stim.get_output("t", repo_name="bread", limit=2, offset=4)
+    assert len(stim_page.output) == 1 and stim_page.has_more is False
+    with pytest.raises(aibread.UnprocessableEntityError):
+        bread.targets.rollout.get_output("t", repo_name="bread", limit=1001)
+    assert bread.targets.list("bread").targets == ["t"]
+    assert "bread" in bread.repo.list().repos
+
+
+def test_rollout_before_stim_is_400_and_unknown_target_404(api):
+    c = client(api)
+    make_target(c, "early")
+    with pytest.raises(Exception) as error:
+        c.targets.rollout.run("t", repo_name="early", poll=False)
+    assert error.value.status_code == 400
+    assert error.value.message == "Stim job must complete before running rollout"
+    with pytest.raises(NotFoundError, match="Target 'nope' not found"):
+        c.targets.stim.get("nope", repo_name="early")
+
+
+def test_fifty_concurrent_rollout_starts_make_one_job(api):
+    c = client(api)
+    make_target(c, "race", n=1)
+    c.targets.stim.run("t", repo_name="race", timeout=180)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=25) as pool:
+        answers = list(pool.map(lambda _: client(api).targets.rollout.run("t", repo_name="race", poll=False), range(50)))
+    assert {a["status"] for a in answers} <= {"not_started", "running", "complete"}
+    done = c.targets.rollout.wait("t", repo_name="race", timeout=180)
+    assert (done["status"], done["lines"], done["job_id"]) == ("complete", 12, 1)
+
+
+def test_auth_and_scopes(api):
+    url = api["url"]
+    assert httpx.get(f"{url}/v1/health").status_code == 200
+    missing = httpx.get(f"{url}/v1/repo")
+    assert missing.status_code == 401 and missing.json()["code"] == "UNAUTHORIZED"
+    wrong = httpx.get(f"{url}/v1/repo", headers={"Authorization": "Bearer bh_0000_nope"})
+    assert wrong.status_code == 401 and set(wrong.json()) >= {"message", "code"}
+    make_target(client(api), "private")
+    with pytest.raises(PermissionDeniedError):
+        client(api, "read").repo.create(repo_name="x")
+    assert client(api, "read").repo.get("private")["repo_name"] == "private"
+    with pytest.raises(NotFoundError):
+        client(api, "other").repo.get("private")
+    assert "private" not in client(api, "other").repo.list()
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "bad\x00name", "x" * 300, "sp ace"])
+def test_bad_names_get_the_envelope(api, name):
+    response = httpx.post(f"{api['url']}/v1/repo", json={"repo_name": name},
+                          headers={"Authorization": f"Bearer {api['keys']['write']}"})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["code"] == "VALIDATION_ERROR" and body["message"]
+
+
+def test_conflicts_and_schema_errors(api):
+    c = client(api)
+    make_target(c, "conf")
+    with pytest.raises(ConflictError, match="Targets are immutable"):
+        c.targets.create("conf", target_name="t", overrides={"teacher_prompt": "teacher", "student_prompt": "student"})
+    with pytest.raises(UnprocessableEntityError, match="bogus: unknown field"):
+        c.targets.create("conf", target_name="t2", overrides={"teacher_prompt": "teacher", "student_prompt": "student", "bogus": 1})
+    response = httpx.post(f"{api['url']}/v1/repo", content=b"{not json",
+                          headers={"Authorization": f"Bearer {api['keys']['write']}", "Content-Type": "application/json"})
+    assert response.status_code == 422 and response.json()["code"] == "VALIDATION_ERROR"
+
+
+def test_delete_target(api):
+    c = client(api)
+    make_target(c, "del")
+    assert c.targets.delete("t", repo_name="del")["message"] == "Resource deleted successfully"
+    assert c.targets.list("del") == []

@@ -5,8 +5,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from bakehouse import schemas as s
 from bakehouse.runner import LocalRunner
@@ -23,9 +25,22 @@ class AuthError(Exception):
         self.status, self.message, self.code = status, message, code
 
 
-def _error(status: int, message: str, code: str, **extra: Any) -> JSONResponse:
-    headers = {"x-should-retry": "false"} if status in (400, 401, 403, 404, 409, 422) else None
+def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    headers = dict(headers or {})
+    if status in (400, 401, 403, 404, 409, 422):
+        headers["x-should-retry"] = "false"  # Bread's SDK retries 409 unless told not to
     return JSONResponse({"message": message, "code": code, **extra}, status_code=status, headers=headers)
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": s.ErrorResponse, "description": "Not possible now (INVALID_INPUT)"},
+    401: {"model": s.ErrorResponse, "description": "Missing or invalid API key"},
+    403: {"model": s.ErrorResponse, "description": "The key's scope does not allow this"},
+    404: {"model": s.ErrorResponse, "description": "No such resource in this workspace"},
+    409: {"model": s.ErrorResponse, "description": "Exists with different content (immutable)"},
+    422: {"model": s.ValidationErrorResponse, "description": "Invalid name, config or parameter"},
+    500: {"model": s.ErrorResponse, "description": "Internal server error"},
+}
 
 
 def create_app(store: Store, runner: Runner | None = None) -> FastAPI:
@@ -46,7 +61,14 @@ def create_app(store: Store, runner: Runner | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "RESOURCE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(error.status_code, "HTTP_ERROR")
-        return _error(error.status_code, str(error.detail), code)
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            # Starlette lists only the first matching route's methods; a path has one route per method.
+            # Among matching routes the literal one wins (`/prompts/batch` over `/prompts/{prompt_name}`).
+            matching = [r for r in app.routes if isinstance(r, APIRoute) and r.matches(request.scope)[0] != Match.NONE]
+            fewest = min((r.path.count("{") for r in matching), default=0)
+            headers["Allow"] = ", ".join(sorted({m for r in matching if r.path.count("{") == fewest for m in r.methods}))
+        return _error(error.status_code, str(error.detail), code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def schema_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -88,9 +110,10 @@ def create_app(store: Store, runner: Runner | None = None) -> FastAPI:
     Offset = Annotated[int, Query(ge=0, description="Starting line number (0-indexed)")]
     Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT, description="Number of lines to return (max 1000)")]
 
-    v1 = APIRouter(prefix="/v1")
+    v1 = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+    EXISTED: dict[int | str, dict[str, Any]] = {200: {"description": "Already existed with identical content"}}
 
-    @v1.get("/health", response_model=s.HealthResponse, tags=["health"])
+    @v1.get("/health", response_model=s.HealthResponse, tags=["health"], responses={500: ERROR_RESPONSES[500]})
     def health() -> s.HealthResponse:
         return s.HealthResponse(status="healthy", version=VERSION)
 
@@ -116,7 +139,7 @@ def create_app(store: Store, runner: Runner | None = None) -> FastAPI:
         response.status_code = 201 if created else 200
         return s.RepoResponse(**repo.model_dump())
 
-    @v1.post("/repo", response_model=s.RepoResponse, status_code=201, tags=["repo"])
+    @v1.post("/repo", response_model=s.RepoResponse, status_code=201, responses=EXISTED, tags=["repo"])
     def create_repo(body: s.RepoCreate, service: Write, response: Response, user_id: UserId = None):
         return _create_repo(service, body, response)
 
@@ -144,7 +167,7 @@ def create_app(store: Store, runner: Runner | None = None) -> FastAPI:
     def list_prompts(repo_name: str, service: Read, user_id: UserId = None):
         return s.PromptList(prompts=service.ws.list_prompts(repo_name))
 
-    @v1.post("/repo/{repo_name}/prompts", response_model=s.PromptResponse, status_code=201, tags=["prompts"])
+    @v1.post("/repo/{repo_name}/prompts", response_model=s.PromptResponse, status_code=201, responses=EXISTED, tags=["prompts"])
     def create_prompt(repo_name: str, body: s.PromptCreate, service: Write, response: Response, user_id: UserId = None):
         prompt, created = service.create_prompt(repo_name, body.prompt_name, body.messages, body.tools)
         response.status_code = 201 if created else 200
@@ -187,7 +210,7 @@ def create_app(store: Store, runner: Runner | None = None) -> FastAPI:
     def list_targets(repo_name: str, service: Read, user_id: UserId = None):
         return s.TargetList(targets=service.ws.list_targets(repo_name))
 
-    @v1.post("/repo/{repo_name}/targets", response_model=s.TargetResponse, status_code=201, tags=["targets"])
+    @v1.post("/repo/{repo_name}/targets", response_model=s.TargetResponse, status_code=201, responses=EXISTED, tags=["targets"])
     def create_target(repo_name: str, body: s.TargetCreate, service: Write, response: Response, user_id: UserId = None):
         target, created = service.create_target(repo_name, body.target_name, body.template, body.overrides)
         response.status_code = 201 if created else 200

@@ -143,6 +143,10 @@ class ErrorResponse(BaseModel):
     code: str | None = None
 
 
+class ValidationErrorResponse(ErrorResponse):
+    detail: list[dict[str, Any]] | None = None
+
+
 class HealthResponse(BaseModel):
     status: str
     api: str = "bread-api"

@@ -278,6 +278,11 @@ def create_app(store: Store, runner: Runner | None = None) -> FastAPI:
             def run(repo_name: str, target_name: str, service: Write, user_id: UserId = None):
                 return _job(*service.start_job(repo_name, target_name, kind), kind)
 
+            @v1.post(f"{path}/cancel", response_model=Status, tags=[kind], name=f"cancel_{kind}",
+                     description=f"bakehouse extension: stop the {kind} job, keeping its finished rows.")
+            def cancel(repo_name: str, target_name: str, service: Write, user_id: UserId = None):
+                return _job(*service.cancel_job(repo_name, target_name, kind), kind)
+
             @v1.get(path, response_model=Status, tags=[kind], name=f"get_{kind}")
             def get(repo_name: str, target_name: str, service: Read, user_id: UserId = None):
                 return _job(*service.job_status(repo_name, target_name, kind), kind)

@@ -69,6 +69,20 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data: Optional[str] = DataO
         application.state.runner.close()
 
 
+@app.command()
+def up(
+    port: int = typer.Option(8000, help="The API's port."),
+    prefect_port: int = typer.Option(4200, help="The Prefect server's port (UI and API)."),
+    data: Optional[str] = DataOption,
+    stimuli_per_shard: int = typer.Option(2048, help="Rollout shard size: each shard is one flow run on the GPU pool."),
+) -> None:
+    """Bring up one machine: Prefect server, work pools, deployments, workers and the API. Ctrl-C stops all."""
+    from bakehouse.up import run_up
+    from repo_store.storage import data_url_from_env
+
+    run_up(port=port, prefect_port=prefect_port, data_url=data or data_url_from_env(), stimuli_per_shard=stimuli_per_shard)
+
+
 @keys_app.command("create")
 def keys_create(
     workspace: str = typer.Option("default", help="The workspace (namespace of repos) the key acts in."),
@@ -156,6 +170,17 @@ def _job_commands(kind: str) -> typer.Typer:
         except APIError as error:
             _fail(error)
         typer.echo(f"{kind} {job['status']}: {job['lines']} rows")
+
+    @group.command("cancel")
+    def cancel(target: str, repo: str = RepoOption) -> None:
+        """Stop the job; its finished rows stay and the next `run` resumes from them."""
+        from bakehouse.client import APIError
+
+        try:
+            job = getattr(_client().targets, kind).cancel(target, repo_name=repo)
+        except APIError as error:
+            _fail(error)
+        typer.echo(f"{kind} {job['status']}: cancel requested ({job['lines']} rows kept)")
 
     @group.command("status")
     def status(target: str, repo: str = RepoOption) -> None:

@@ -215,6 +215,10 @@ class Job(_Resource):
     def get(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
         return self._client.request("GET", self._path(target_name, repo_name))
 
+    def cancel(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
+        """Stop the job; finished rows stay readable and a later `run` resumes from them."""
+        return self._client.request("POST", f"{self._path(target_name, repo_name)}/cancel")
+
     def get_output(self, target_name: str, *, repo_name: str, limit: int = 100, offset: int = 0) -> dict[str, Any]:
         return self._client.request("GET", f"{self._path(target_name, repo_name)}/output",
                                     params={"limit": limit, "offset": offset})

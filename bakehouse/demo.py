@@ -44,6 +44,7 @@ def watch(workspace: Workspace, repo: str, target: str, stop: threading.Event) -
 
 
 def run_demo(data_url: str | None = None, spec_path=None) -> int:
+    from flows.params import TargetJob
     from flows.pipeline import target_flow
 
     store = Store(data_url)
@@ -56,7 +57,7 @@ def run_demo(data_url: str | None = None, spec_path=None) -> int:
     watcher = threading.Thread(target=watch, args=(workspace, repo, target, stop), daemon=True)
     watcher.start()
     try:
-        result = target_flow(repo, target, data_url=store.url)
+        result = target_flow(TargetJob(repo_name=repo, target_name=target, data_url=store.url))
     finally:
         stop.set()
         watcher.join()

@@ -85,3 +85,52 @@ class LocalRunner:
 
 def _claimed_since(submission: Submission, status: JobStatus) -> bool:
     return status.attempt is not None and status.attempt != submission.attempt_before
+
+
+class PrefectRunner:
+    """Starts jobs as flow runs of the deployments in prefect.yaml (used by `bakehouse up`).
+
+    The idempotency key names the attempt a start is for, so concurrent starts of one job, from any
+    number of API processes, become one flow run.
+    """
+
+    def __init__(self, stimuli_per_shard: int = 2048):
+        self.stimuli_per_shard = stimuli_per_shard
+        self._runs: dict[JobRef, tuple[object, int | None, int]] = {}  # flow run id, attempt before, resubmits
+        self._lock = threading.Lock()
+
+    def submit(self, ref: JobRef, status: JobStatus) -> None:
+        from prefect.deployments import run_deployment
+
+        from flows.deployments import FINAL_STATES, ROLLOUT, STIM, flow_run_state
+        from flows.params import TargetJob
+
+        with self._lock:
+            previous = self._runs.get(ref)
+            resubmits = 0
+            if previous is not None and previous[1] == status.attempt:
+                if flow_run_state(previous[0]) not in FINAL_STATES:
+                    return  # queued or starting
+                resubmits = previous[2] + 1  # that run ended without claiming: a new key
+            job = TargetJob(repo_name=ref.repo_name, target_name=ref.target_name, workspace=ref.workspace)
+            parameters: dict = {"job": job.model_dump()}
+            if ref.kind == "rollout":
+                parameters["stimuli_per_shard"] = self.stimuli_per_shard
+            key = f"{ref.workspace}/{ref.repo_name}/{ref.target_name}/{ref.kind}/{(status.attempt or 0) + 1}/{resubmits}"
+            run = run_deployment(STIM if ref.kind == "stim" else ROLLOUT, parameters=parameters, timeout=0, idempotency_key=key)
+            self._runs[ref] = (run.id, status.attempt, resubmits)
+
+    def view(self, ref: JobRef, status: JobStatus) -> JobStatus:
+        from flows.deployments import FINAL_STATES, flow_run_state
+
+        run = self._runs.get(ref)
+        if run is None or status.attempt != run[1] or status.status in ("running", "complete"):
+            return status
+        state = flow_run_state(run[0])
+        if state not in FINAL_STATES:
+            return JobStatus("not_started", status.lines, status.total_expected, status.progress_percent, None, status.attempt)
+        error = f"the flow run ended {state} before starting the job; see it in the Prefect UI"
+        return JobStatus("failed", status.lines, status.total_expected, status.progress_percent, error, status.attempt)
+
+    def close(self) -> None:
+        """Flow runs belong to Prefect and outlive the API."""

@@ -63,6 +63,12 @@ class Service:
             self.runner.submit(self._ref(repo_name, target_name, kind), status)
         return self.job_status(repo_name, target_name, kind)
 
+    def cancel_job(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any]]:
+        """Ask the running attempt to stop; it keeps its committed rows and a later start resumes."""
+        self.ws.get_target(repo_name, target_name)
+        self.ws.job(repo_name, target_name, kind).request_cancel()
+        return self.job_status(repo_name, target_name, kind)
+
     def read_output(self, repo_name: str, target_name: str, kind: str, offset: int, limit: int):
         status, config = self.job_status(repo_name, target_name, kind)
         page: Page = self.ws.read_page(repo_name, target_name, kind, offset=offset, limit=limit)

@@ -29,13 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (runner shutdown, cancel) unwinds like Ctrl-C, so the attempt is released for resuming.
     signal.signal(signal.SIGTERM, _interrupt)
 
+    from flows.params import TargetJob
     from flows.pipeline import target_flow
     from flows.rollout import rollout_flow
     from flows.stim import stim_flow
 
     flow = {"stim": stim_flow, "rollout": rollout_flow, "target": target_flow}[args.kind]
+    job = TargetJob(repo_name=args.repo, target_name=args.target, workspace=args.workspace, data_url=args.data)
     try:
-        result = flow(args.repo, args.target, args.workspace, args.data)
+        result = flow(job)
     except Exception as error:  # noqa: BLE001 - the job records the error on storage; say it here too
         print(f"bakehouse worker: {args.kind} {args.repo}/{args.target} failed: {error}", file=sys.stderr)
         return 1

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.params import TargetJob
 from flows.rollout import rollout_flow
 from flows.stim import stim_flow
 
 
 @flow(name="target", log_prints=True)
-def target_flow(repo_name: str, target_name: str, workspace: str = "default", data_url: str | None = None) -> dict:
+def target_flow(job: TargetJob, stimuli_per_shard: int = 0) -> dict:
     """Stim then rollout for one target; each step is idempotent, so rerunning resumes where it stopped."""
-    stim = stim_flow(repo_name, target_name, workspace, data_url)
+    stim = stim_flow(job)
     if stim["status"] != "complete":
         return {"stim": stim, "rollout": None}
-    return {"stim": stim, "rollout": rollout_flow(repo_name, target_name, workspace, data_url)}
+    return {"stim": stim, "rollout": rollout_flow(job, stimuli_per_shard)}

@@ -88,3 +88,12 @@ def _in_flow_run() -> bool:
 def _artifact_key(text: str) -> str:
     # Prefect artifact keys: lowercase letters, digits and dashes only.
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:120]
+
+
+def error_message(error: BaseException) -> str:
+    """What a failed job reports: our errors' own message, else the exception's type and text."""
+    from repo_store import Cancelled
+
+    if isinstance(error, Cancelled):
+        return "cancelled"
+    return getattr(error, "message", None) or f"{type(error).__name__}: {error}"

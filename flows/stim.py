@@ -17,7 +17,8 @@ from repo_store.datasets import read_text
 from targets import InvalidInput, render_stimulus
 
 from flows.generators import run_generator
-from flows.runtime import Engines, Progress, logger
+from flows.params import TargetJob
+from flows.runtime import Engines, Progress, error_message, logger
 
 
 def run_stim(
@@ -53,6 +54,7 @@ def run_stim(
         seen = {_question(row) for row in job.iter_rows()}
         next_id = sum(c.part.rows for c in done.values())
         for index, generator in enumerate(config.generators):
+            attempt.raise_if_cancelled()
             if index in done:
                 continue
             output = run_generator(
@@ -88,7 +90,7 @@ def run_stim(
         progress.update(100.0)
         progress.summary(f"stim {repo_name}/{target_name}", summary)
     except Exception as error:
-        attempt.fail(_message(error))
+        attempt.fail(error_message(error))
         raise
     except BaseException:
         attempt.release()  # interrupted (Ctrl-C, cancel): the next start resumes at once
@@ -115,12 +117,8 @@ def _summary(chunks, seconds: float) -> dict[str, Any]:
     }
 
 
-def _message(error: Exception) -> str:
-    return getattr(error, "message", None) or f"{type(error).__name__}: {error}"
-
-
 @flow(name="stim", log_prints=True)
-def stim_flow(repo_name: str, target_name: str, workspace: str = "default", data_url: str | None = None) -> dict:
+def stim_flow(job: TargetJob) -> dict:
     """Write the stimuli of a target (idempotent: a repeat returns the existing job, a crash resumes)."""
-    status = run_stim(Store(data_url).workspace(workspace), repo_name, target_name)
+    status = run_stim(Store(job.data_url).workspace(job.workspace), job.repo_name, job.target_name)
     return {"status": status.status, "lines": status.lines, "error": status.error}

@@ -9,6 +9,8 @@ A job (one stim or one rollout of one target) lives in one folder:
     parts/000012-g000003.parquet   chunk 12 as written by attempt 3 (attempt-scoped, never overwritten)
     chunks/000012.json         create-if-absent commit marker for chunk 12, pointing at its part
     manifest.json              create-if-absent commit point of the whole job: `complete`
+    cancels/000003.json        someone asked attempt 3 to stop; it fails with "cancelled"
+    shards/<scope>/{claims,heartbeats,failures}/   the same claim protocol for one shard of a job
 
 Resuming is the normal path: a new attempt claims the next generation, skips every chunk that has a
 marker, and does the rest. A crashed attempt's parts without a marker are never read. Two attempts
@@ -125,16 +127,20 @@ class Job:
             index += 1
         return parts
 
-    def _latest_claim(self) -> tuple[int, dict[str, Any]] | None:
-        names = [n for n in self.storage.list_names(self._path("claims")) if n.endswith(".json")]
+    def _claims_path(self, scope: str, *parts: str) -> str:
+        """Claims of the whole job (scope "") or of one shard of it."""
+        return self._path(*(("shards", scope) if scope else ()), *parts)
+
+    def _latest_claim(self, scope: str = "") -> tuple[int, dict[str, Any]] | None:
+        names = [n for n in self.storage.list_names(self._claims_path(scope, "claims")) if n.endswith(".json")]
         if not names:
             return None
         gen = int(names[-1].removesuffix(".json"))
-        claim = self.storage.read_json(self._path("claims", names[-1]))
+        claim = self.storage.read_json(self._claims_path(scope, "claims", names[-1]))
         return gen, claim or {}
 
-    def _claim_alive(self, gen: int, claim: dict[str, Any]) -> bool:
-        beat = self.storage.read_json(self._path("heartbeats", _gen_name(gen)))
+    def _claim_alive(self, gen: int, claim: dict[str, Any], scope: str = "") -> bool:
+        beat = self.storage.read_json(self._claims_path(scope, "heartbeats", _gen_name(gen)))
         if beat is not None and beat.get("released"):
             return False
         last = beat["at"] if beat is not None else claim.get("at", 0.0)
@@ -144,6 +150,11 @@ class Job:
         if claim.get("host") == socket.gethostname() and claim.get("pid"):
             return _pid_alive(int(claim["pid"]))
         return True
+
+    def owner_alive(self, scope: str = "") -> bool | None:
+        """Whether the latest claim (of the job or of a shard) is live; None when never claimed."""
+        latest = self._latest_claim(scope)
+        return None if latest is None else self._claim_alive(latest[0], latest[1], scope)
 
     def status(self) -> JobStatus:
         manifest = self.manifest()
@@ -169,27 +180,44 @@ class Job:
         if failure is not None:
             return JobStatus("failed", lines, total, progress, failure["error"], gen, failure.get("summary", {}))
         if not self._claim_alive(gen, claim):
+            if self.cancel_requested(gen):
+                return JobStatus("failed", lines, total, progress, "cancelled", gen)
             error = "the job stopped without finishing (its worker is gone); start it again to resume"
             return JobStatus("failed", lines, total, progress, error, gen)
         return JobStatus("running", lines, total, progress, None, gen)
 
     # -- taking part ---------------------------------------------------------------------------
 
-    def claim(self, owner: str = "") -> Attempt | None:
-        """Become the job's owner, or return None when it is complete or someone live owns it."""
+    def claim(self, owner: str = "", scope: str = "", parent_gen: int | None = None) -> Attempt | None:
+        """Become the owner of the job (or of shard `scope` of it).
+
+        Returns None when the job is complete or someone live owns it. A shard attempt carries the
+        generation of the job attempt it works for, so cancelling that attempt stops it too.
+        """
         if self.manifest() is not None:
             return None
-        latest = self._latest_claim()
-        if latest is not None and self._claim_alive(*latest):
+        latest = self._latest_claim(scope)
+        if latest is not None and self._claim_alive(latest[0], latest[1], scope):
             return None
         gen = (latest[0] + 1) if latest else 1
         token = uuid.uuid4().hex
         claim = {"gen": gen, "owner": owner, "token": token, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
-        if not self.storage.create_json(self._path("claims", _gen_name(gen)), claim):
+        if not self.storage.create_json(self._claims_path(scope, "claims", _gen_name(gen)), claim):
             return None
-        attempt = Attempt(self, gen, token)
+        attempt = Attempt(self, gen, token, scope, gen if not scope else parent_gen)
         attempt.heartbeat()
         return attempt
+
+    def request_cancel(self) -> int | None:
+        """Ask the current attempt (and its shards) to stop; returns its generation, None if idle."""
+        latest = self._latest_claim()
+        if latest is None or self.manifest() is not None:
+            return None
+        self.storage.create_json(self._path("cancels", _gen_name(latest[0])), {"at": time.time()})
+        return latest[0]
+
+    def cancel_requested(self, gen: int | None) -> bool:
+        return gen is not None and self.storage.exists(self._path("cancels", _gen_name(gen)))
 
     def create_plan(self, plan: dict[str, Any]) -> dict[str, Any]:
         """The first attempt fixes the plan; later ones must follow it (chunk boundaries must not move)."""
@@ -222,20 +250,33 @@ class Job:
         return pq.read_table(pa.BufferReader(data))
 
 
-class Attempt:
-    """One owner's run of a job. Everything it writes is scoped by its generation."""
+class Cancelled(Exception):
+    """The attempt was asked to stop (`Job.request_cancel`)."""
 
-    def __init__(self, job: Job, gen: int, token: str):
+
+class Attempt:
+    """One owner's run of a job or of one shard of it. Everything it writes is scoped by its generation."""
+
+    def __init__(self, job: Job, gen: int, token: str, scope: str = "", job_gen: int | None = None):
         self.job = job
         self.gen = gen
         self.token = token
+        self.scope = scope
+        self.job_gen = job_gen  # the job-level attempt this works for (itself, for a job attempt)
         self._stop_beating = threading.Event()
         self._beater: threading.Thread | None = None
 
+    def _claims(self, *parts: str) -> str:
+        return self.job._claims_path(self.scope, *parts)
+
     def heartbeat(self, **progress: Any) -> None:
         self.job.storage.write_json(
-            self.job._path("heartbeats", _gen_name(self.gen)), {"at": time.time(), "token": self.token, **progress}
+            self._claims("heartbeats", _gen_name(self.gen)), {"at": time.time(), "token": self.token, **progress}
         )
+
+    def raise_if_cancelled(self) -> None:
+        if self.job.cancel_requested(self.job_gen):
+            raise Cancelled("cancelled")
 
     def keep_alive(self) -> Attempt:
         """Heartbeat from a background thread until the attempt ends (or its process dies)."""
@@ -254,14 +295,11 @@ class Attempt:
     def _stop(self) -> None:
         self._stop_beating.set()
 
-    def is_current(self) -> bool:
-        latest = self.job._latest_claim()
-        return latest is not None and latest[0] == self.gen
-
     def commit_chunk(self, index: int, table: pa.Table, stats: dict[str, Any] | None = None) -> ChunkRecord:
         """Write chunk `index` and commit it. If another attempt committed it first, theirs stands."""
         data, row_groups = write_part([table])
-        part = PartInfo(path=f"parts/{index:06d}-g{self.gen:06d}.parquet", rows=table.num_rows, bytes=len(data), row_groups=row_groups)
+        suffix = f"-{self.scope}" if self.scope else ""
+        part = PartInfo(path=f"parts/{index:06d}-g{self.gen:06d}{suffix}.parquet", rows=table.num_rows, bytes=len(data), row_groups=row_groups)
         self.job.storage.write_bytes(self.job.part_path(part), data)
         record = {"index": index, "part": part.to_json(), "gen": self.gen, "stats": stats or {}}
         self.job.storage.create_json(self.job._path("chunks", f"{index:06d}.json"), record)
@@ -313,14 +351,14 @@ class Attempt:
 
     def fail(self, error: str, summary: dict[str, Any] | None = None) -> None:
         self.job.storage.create_json(
-            self.job._path("failures", _gen_name(self.gen)), {"error": error, "at": time.time(), "summary": summary or {}}
+            self._claims("failures", _gen_name(self.gen)), {"error": error, "at": time.time(), "summary": summary or {}}
         )
         self.release()
 
     def release(self) -> None:
         """Stop heartbeating without finishing: the next claim resumes at once."""
         self._stop()
-        self.job.storage.write_json(self.job._path("heartbeats", _gen_name(self.gen)), {"at": time.time(), "token": self.token, "released": True})
+        self.job.storage.write_json(self._claims("heartbeats", _gen_name(self.gen)), {"at": time.time(), "token": self.token, "released": True})
 
 
 def _progress(chunks: dict[int, ChunkRecord], plan: dict[str, Any]) -> float | None:

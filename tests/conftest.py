@@ -16,13 +16,36 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """moto's S3 server over HTTP on a random loopback port, with the AWS env pointed at it."""
-    from moto.server import ThreadedMotoServer
+    """moto's S3 server over HTTP on a free loopback port, with the AWS env pointed at it.
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    It runs in a process of its own: moto's server is a Flask app, and Flask's context proxies in
+    this process's modules break vLLM's kernel registration when an engine starts later.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(endpoint, timeout=1)
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("moto server did not start")
+            time.sleep(0.1)
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     os.environ.update(
         AWS_ENDPOINT_URL=endpoint,
@@ -31,7 +54,11 @@ def s3_endpoint():
         AWS_DEFAULT_REGION="us-east-1",
     )
     yield endpoint
-    server.stop()
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

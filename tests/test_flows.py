@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import polars as pl
 import pytest
 
@@ -169,3 +171,84 @@ def test_repeated_runs_do_nothing_new(store):
     assert run_stim(ws, "r", "t", engines=engines).status == "complete"
     assert run_rollout(ws, "r", "t", engines=engines).status == "complete"
     assert engines.requests == 0
+
+
+class ThreadLauncher:
+    """Runs each shard in a thread, as a deployment would in a flow run; `crash_first` shards die once."""
+
+    def __init__(self, ws, crash_first=()):
+        import threading
+
+        self.ws, self.crash_first, self.launches = ws, set(crash_first), []
+        self._threading = threading
+
+    def launch(self, shard, job_gen, launch_number):
+        from flows.rollout import run_rollout_shard
+
+        self.launches.append((shard, launch_number))
+        crash = shard in self.crash_first and launch_number == 1
+        engines = CountingEngines(crash_after=7 if crash else None)
+
+        def work():
+            try:
+                run_rollout_shard(self.ws, "r", "t", shard=shard, job_gen=job_gen, engines=engines)
+            except RuntimeError:
+                pass  # the "worker" died; the supervisor notices from storage
+
+        thread = self._threading.Thread(target=work)
+        thread.start()
+        return thread
+
+    def finished(self, handle):
+        return not handle.is_alive()
+
+
+def test_sharded_rollout_relaunches_a_dead_shard_and_keeps_its_chunks(store, monkeypatch):
+    monkeypatch.setattr("flows.rollout.SUPERVISE_SECONDS", 0.05)
+    ws = store.workspace()
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(100)}], num_traj_per_stimulus=2)
+    run_stim(ws, "r", "t", engines=CountingEngines())
+    launcher = ThreadLauncher(ws, crash_first={1})
+    status = run_rollout(ws, "r", "t", engines=CountingEngines(), chunk_size=5, launcher=launcher, stimuli_per_shard=30)
+    assert (status.status, status.lines, status.summary["shards"]) == ("complete", 200, 4)
+    assert sorted(launcher.launches) == [(0, 1), (1, 1), (1, 2), (2, 1), (3, 1)]
+    job = ws.job("r", "t", "rollout")
+    keys = [(r["stimulus_id"], r["trajectory_id"]) for r in job.iter_rows()]
+    assert keys == [(s, t) for s in range(100) for t in range(2)]
+    # The crashed shard's first launch committed one chunk (5 stimuli) before dying; it was kept.
+    shard_one = [c for i, c in job.chunks().items() if 6 <= i < 12]
+    assert sum(1 for c in shard_one if c.gen == 1) == 1 and sum(1 for c in shard_one if c.gen == 2) == 5
+
+
+def test_cancel_keeps_finished_rows_and_a_later_run_resumes(store):
+    import threading
+
+    ws = store.workspace()
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(60)}])
+    run_stim(ws, "r", "t", engines=CountingEngines())
+    job = ws.job("r", "t", "rollout")
+    errors = []
+
+    def slow_rollout():
+        try:
+            run_rollout(ws, "r", "t", engines=CountingEngines(delay=0.02), chunk_size=5)
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    thread = threading.Thread(target=slow_rollout)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while len(job.chunks()) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert job.request_cancel() == 1
+    thread.join(timeout=30)
+    status = job.status()
+    assert (status.status, status.error) == ("failed", "cancelled")
+    assert 10 <= status.lines < 60 and len(errors) == 1
+    page = ws.read_page("r", "t", "rollout", offset=0, limit=100)
+    assert len(page.rows) == status.lines  # finished rows are published
+    again = CountingEngines()
+    assert run_rollout(ws, "r", "t", engines=again).status == "complete"
+    assert again.requests == 60 - status.lines
+    assert [r["stimulus_id"] for r in job.iter_rows()] == list(range(60))

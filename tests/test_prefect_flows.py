@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.params import TargetJob
 from flows.pipeline import target_flow
 from repo_store import Store
 from targets import PromptSpec, RepoSpec, TargetSpec
@@ -29,11 +30,11 @@ def test_target_flow_runs_stim_then_rollout_and_publishes_artifacts(tmp_path):
         "teacher_prompt": "p", "student_prompt": "p", "model_name": "fake", "num_traj_per_stimulus": 2,
         "generators": [{"type": "hardcoded", "questions": [f"q{i}?" for i in range(5)]}],
     }))
-    result = target_flow("r", "t", data_url=data)
+    result = target_flow(TargetJob(repo_name="r", target_name="t", data_url=data))
     assert result["stim"]["status"] == "complete"
     assert result["rollout"] == {"status": "complete", "lines": 10, "error": None}
     # Idempotent: the second run finds both jobs complete and generates nothing new.
-    again = target_flow("r", "t", data_url=data)
+    again = target_flow(TargetJob(repo_name="r", target_name="t", data_url=data))
     assert again["rollout"]["lines"] == 10
     assert ws.job("r", "t", "rollout").manifest()["gen"] == 1
 

@@ -1,0 +1,136 @@
+"""`bakehouse up`: one machine, whole stack. Prefect server on 127.0.0.1, work pools, deployments,
+one worker per pool, and the API submitting through the deployments. Ctrl-C or SIGTERM stops
+everything it started (each child runs in its own process group, which is terminated, then killed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+PROJECT = Path(__file__).resolve().parents[1]  # where prefect.yaml lives
+POOLS = ("bakehouse-cpu", "bakehouse-gpu")
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.children: list[subprocess.Popen] = []
+
+    def start(self, command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+        handle = open(log, "ab")  # noqa: SIM115 - lives as long as the child
+        child = subprocess.Popen(command, env=env, cwd=PROJECT, stdout=handle, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        self.children.append(child)
+        return child
+
+    def stop(self) -> None:
+        for child in self.children:
+            _signal_group(child, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for child in self.children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(child, signal.SIGKILL)
+                child.wait()
+
+
+def _signal_group(child: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(child.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, seconds: float, child: subprocess.Popen) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with code {child.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} was not healthy after {seconds:.0f}s")
+
+
+def prefect_env(api_url: str, data_url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "1"),
+        "BAKEHOUSE_DATA": data_url,
+    }
+
+
+def deploy(env: dict[str, str]) -> None:
+    """Work pools (idempotent) and the deployments of prefect.yaml."""
+    prefect = [sys.executable, "-m", "prefect"]
+    for pool in POOLS:
+        subprocess.run([*prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"],
+                       env=env, cwd=PROJECT, check=True, capture_output=True)
+    subprocess.run([*prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=PROJECT, check=True, capture_output=True)
+
+
+def start_stack(stack: Stack, *, data_url: str, prefect_port: int, logs: Path, workers_per_pool: int = 1) -> dict[str, str]:
+    """Prefect server, pools, deployments and workers. Returns the environment that reaches them."""
+    logs.mkdir(parents=True, exist_ok=True)
+    api_url = f"http://127.0.0.1:{prefect_port}/api"
+    env = prefect_env(api_url, data_url)
+    server = stack.start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                          "--port", str(prefect_port), "--analytics-off"], env, logs / "prefect-server.log")
+    wait_healthy(f"{api_url}/health", 120, server)
+    deploy(env)
+    for pool in POOLS:
+        for index in range(workers_per_pool):
+            stack.start([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--name", f"{pool}-{index}"],
+                        env, logs / f"worker-{pool}-{index}.log")
+    return env
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def run_up(*, port: int, prefect_port: int, data_url: str, stimuli_per_shard: int) -> None:
+    import uvicorn
+
+    from bakehouse.api import create_app
+    from bakehouse.runner import PrefectRunner
+    from repo_store import Store
+
+    store = Store(data_url)
+    data_url = store.url if "://" in store.url else str(Path(store.url).resolve())
+    logs = Path(os.environ.get("BAKEHOUSE_LOG_DIR", Path.home() / ".cache" / "bakehouse" / "logs"))
+    stack = Stack()
+    # SIGTERM stops us like Ctrl-C, so the `finally` below always reaps the children (uvicorn
+    # installs its own handlers while it serves, and returns on either signal).
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        env = start_stack(stack, data_url=data_url, prefect_port=prefect_port, logs=logs)
+        os.environ.update(PREFECT_API_URL=env["PREFECT_API_URL"], BAKEHOUSE_DATA=data_url)
+        print(f"Prefect UI   http://127.0.0.1:{prefect_port}", flush=True)
+        print(f"API          http://127.0.0.1:{port}  (docs at /docs)", flush=True)
+        print(f"Logs         {logs}", flush=True)
+        app = create_app(Store(data_url), PrefectRunner(stimuli_per_shard))
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()

@@ -1,0 +1,125 @@
+"""prefect.yaml for real: a Prefect server, work pools, deployments, process workers, the API
+submitting through the deployments, and a sharded rollout that survives losing a worker mid-shard.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import uvicorn
+
+from bakehouse import Client
+from bakehouse.api import create_app
+from bakehouse.runner import PrefectRunner
+from bakehouse.up import Stack, free_port, start_stack
+from repo_store import Store
+
+pytestmark = [pytest.mark.prefect, pytest.mark.vllm]
+
+
+def test_deployment_parameters_render_as_a_form():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.rollout import rollout_flow, rollout_shard_flow
+    from flows.stim import stim_flow
+
+    for flow in (stim_flow, rollout_flow, rollout_shard_flow):
+        schema = parameter_schema(flow.fn).model_dump_for_openapi()
+        assert "job" in schema["required"]
+        job = schema["definitions"]["TargetJob"]
+        assert set(job["required"]) == {"repo_name", "target_name"}
+        assert job["properties"]["repo_name"]["title"] == "Repository"
+        assert job["properties"]["data_url"]["description"]
+    rollout = parameter_schema(rollout_flow.fn).model_dump_for_openapi()
+    assert rollout["properties"]["stimuli_per_shard"]["default"] == 0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    data = str(tmp_path_factory.mktemp("data"))
+    saved = dict(os.environ)
+    os.environ.update(
+        BAKEHOUSE_ROLLOUT_CHUNK="10", BAKEHOUSE_LEASE_SECONDS="15", OMP_NUM_THREADS="1",
+        VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_LOGGING_LEVEL="ERROR", PREFECT_HOME=str(tmp_path_factory.mktemp("prefect")),
+    )
+    processes = Stack()
+    try:
+        env = start_stack(processes, data_url=data, prefect_port=free_port(), logs=tmp_path_factory.mktemp("logs"),
+                          workers_per_pool=2)
+        os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
+        store = Store(data)
+        _, key = store.keys.create(workspace="default", scope="write")
+        app = create_app(store, PrefectRunner(stimuli_per_shard=300))
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.1)
+        yield {"client": Client(base_url=f"http://127.0.0.1:{port}", api_key=key, poll_interval=0.5), "store": store,
+               "stack": processes}
+        server.should_exit = True
+        thread.join(timeout=10)
+    finally:
+        processes.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_sharded_rollout_survives_a_worker_killed_mid_shard(stack):
+    client, store = stack["client"], stack["store"]
+    client.repo.create(repo_name="fleet", base_model="tiny-random")
+    client.prompts.create("fleet", prompt_name="teacher", messages=[{"role": "system", "content": "You are a pirate."}])
+    client.prompts.create("fleet", prompt_name="student", messages=[])
+    client.targets.create("fleet", target_name="t", overrides={
+        "teacher_prompt": "teacher", "student_prompt": "student", "model_name": "tiny-random",
+        "num_traj_per_stimulus": 2, "max_tokens": 32,
+        "generators": [{"type": "hardcoded", "questions": [f"Where is treasure {i} buried, captain?" for i in range(900)]}],
+    })
+    assert client.targets.stim.run("t", repo_name="fleet", timeout=300)["lines"] == 900
+    client.targets.rollout.run("t", repo_name="fleet", poll=False)
+
+    # Wait for a shard that has committed work, then kill the worker running it (and its flow run).
+    job = store.workspace().job("fleet", "t", "rollout")
+    deadline = time.monotonic() + 300
+    victim = None
+    while victim is None:
+        assert time.monotonic() < deadline, "no shard started"
+        for shard in range(3):
+            latest = job._latest_claim(f"shard-{shard:05d}")
+            mine = [c for i, c in job.chunks().items() if shard * 30 <= i < (shard + 1) * 30]
+            if latest and job.owner_alive(f"shard-{shard:05d}") and len(mine) >= 2 and len(mine) < 25:
+                victim = (shard, latest[1]["pid"])
+                break
+        time.sleep(0.1)
+    shard, pid = victim
+    workers = [c for c in stack["stack"].children if "worker" in " ".join(c.args) and "bakehouse-gpu" in " ".join(c.args)]
+    for worker in workers:  # the machine that ran the shard is gone: its worker and its flow run
+        if _descendant(pid, worker.pid):
+            os.killpg(worker.pid, signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
+
+    done = client.targets.rollout.wait("t", repo_name="fleet", timeout=600)
+    assert (done["status"], done["lines"], done["total_expected"]) == ("complete", 1800, 1800)
+    keys = [(r["stimulus_id"], r["trajectory_id"]) for r in job.iter_rows()]
+    assert keys == [(s, t) for s in range(900) for t in range(2)]
+    chunks = job.chunks()
+    shard_chunks = [chunks[i] for i in range(shard * 30, (shard + 1) * 30)]
+    assert len({c.part.path.rsplit("-", 1)[-1] for c in shard_chunks}) >= 1
+    assert job._latest_claim(f"shard-{shard:05d}")[0] >= 2  # the shard was run again, keeping its chunks
+
+
+def _descendant(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                pid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            return False
+    return False

@@ -81,11 +81,16 @@ def prefect_env(api_url: str, data_url: str) -> dict[str, str]:
 
 def deploy(env: dict[str, str]) -> None:
     """Work pools (idempotent) and the deployments of prefect.yaml."""
-    prefect = [sys.executable, "-m", "prefect"]
     for pool in POOLS:
-        subprocess.run([*prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"],
-                       env=env, cwd=PROJECT, check=True, capture_output=True)
-    subprocess.run([*prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=PROJECT, check=True, capture_output=True)
+        _prefect(["work-pool", "create", pool, "--type", "process", "--overwrite"], env)
+    _prefect(["--no-prompt", "deploy", "--all"], env)
+
+
+def _prefect(arguments: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "prefect", *arguments], env=env, cwd=PROJECT, capture_output=True, text=True)
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).strip().splitlines()[-15:]
+        raise RuntimeError(f"prefect {' '.join(arguments)} failed:\n" + "\n".join(output))
 
 
 def start_stack(stack: Stack, *, data_url: str, prefect_port: int, logs: Path, workers_per_pool: int = 1) -> dict[str, str]:

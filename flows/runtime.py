@@ -10,7 +10,23 @@ from typing import Any
 
 from flows.engines import Engine, open_engine
 
-logger = logging.getLogger("bakehouse")
+_fallback = logging.getLogger("bakehouse")
+
+
+class _RunLogger:
+    """Logs to the Prefect flow run (visible in the UI) inside a flow run, else to `bakehouse`."""
+
+    def info(self, message: str, *args: Any) -> None:
+        from prefect.exceptions import MissingContextError
+        from prefect.logging import get_run_logger
+
+        try:
+            get_run_logger().info(message, *args)
+        except MissingContextError:
+            _fallback.info(message, *args)
+
+
+logger = _RunLogger()
 
 
 class Engines:

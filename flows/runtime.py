@@ -48,13 +48,25 @@ class Engines:
                 options = {"api_key": os.environ.get("BAKEHOUSE_OPENAI_API_KEY"), **self.options}
                 self._engines[model] = open_engine(model, base_url=base_url, **options)
             else:
-                self._engines[model] = open_engine(model, **self.options)
+                self._engines[model] = open_engine(model, **{**_vllm_options_from_env(model), **self.options})
         return self._engines[model]
 
     def close(self) -> None:
         for engine in self._engines.values():
             engine.close()
         self._engines.clear()
+
+
+def _vllm_options_from_env(model: str) -> dict[str, Any]:
+    """Per-machine vLLM settings: a GPU box and a laptop run the same flows with different knobs."""
+    if model == "fake":
+        return {}
+    options: dict[str, Any] = {}
+    if value := os.environ.get("BAKEHOUSE_TENSOR_PARALLEL_SIZE"):
+        options["tensor_parallel_size"] = int(value)
+    if value := os.environ.get("BAKEHOUSE_MAX_MODEL_LEN"):
+        options["max_model_len"] = int(value)
+    return options
 
 
 class Progress:

@@ -26,7 +26,7 @@ from targets.render import rollout_context
 
 from flows.engines import ChatRequest, ChatResult, Engine, Sampling
 from flows.params import TargetJob
-from flows.runtime import Engines, Progress, error_message, logger
+from flows.runtime import Engines, Progress, complete_repairing, error_message, logger
 
 DEFAULT_MAX_TOKENS = 256
 MAX_SHARD_LAUNCHES = 3
@@ -96,11 +96,16 @@ def run_rollout(
             repo_name, target_name, stimuli, config.num_traj_per_stimulus, config.model_name,
             plan["num_chunks"], len(shards),
         )
-        if launcher is not None:
-            _supervise(job, attempt, shards, launcher, progress)
-        else:
-            _generate(job, attempt, stim, config, range(plan["num_chunks"]), engines(config.model_name), progress, counters)
-        summary = {
+        launches: dict[int, int] = {}
+
+        def produce() -> None:
+            if launcher is not None:
+                _supervise(job, attempt, shards, launcher, progress, launches)
+            else:
+                _generate(job, attempt, stim, config, range(plan["num_chunks"]), engines(config.model_name), progress, counters)
+
+        summary = lambda: {  # noqa: E731 - evaluated when the job completes
+
             "stimuli": stimuli,
             "shards": len(shards),
             "trajectories_this_attempt": counters["trajectories"],
@@ -111,9 +116,9 @@ def run_rollout(
             "trajectories_per_second": round(counters["trajectories"] / max(progress.elapsed, 1e-9), 1),
             "model": config.model_name,
         }
-        attempt.complete(plan["num_chunks"], summary)
+        complete_repairing(attempt, plan["num_chunks"], produce, summary)
         progress.update(100.0)
-        progress.summary(f"rollout {repo_name}/{target_name}", summary)
+        progress.summary(f"rollout {repo_name}/{target_name}", job.status().summary)
     except Exception as error:
         attempt.fail(error_message(error))
         raise
@@ -226,7 +231,9 @@ def _generate(
             attempt.raise_if_cancelled()
 
 
-def _supervise(job: Job, attempt: Attempt, shards: list[range], launcher: ShardLauncher, progress: Progress) -> None:
+def _supervise(
+    job: Job, attempt: Attempt, shards: list[range], launcher: ShardLauncher, progress: Progress, launches: dict[int, int]
+) -> None:
     """Launch every unfinished shard and relaunch those whose owner died, until all chunks are in.
 
     Storage decides who is working: a shard whose claim is live is left alone; one whose run was
@@ -234,7 +241,6 @@ def _supervise(job: Job, attempt: Attempt, shards: list[range], launcher: ShardL
     ended without finishing) is launched again, at most MAX_SHARD_LAUNCHES times.
     """
     launched: dict[int, tuple[Any, int | None]] = {}  # shard -> (handle, its latest claim at launch)
-    launches: dict[int, int] = {}
     num_chunks = sum(len(s) for s in shards)
     while True:
         attempt.raise_if_cancelled()

@@ -118,6 +118,22 @@ def _artifact_key(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:120]
 
 
+def complete_repairing(attempt, num_chunks: int, produce: Callable[[], None], summary: Callable[[], dict[str, Any]]) -> None:
+    """Produce the missing chunks and complete the job; chunks found damaged while completing lose
+    their markers, so produce them again (a few rounds, then give up with the reason)."""
+    from repo_store import DamagedChunks
+
+    for _ in range(3):
+        produce()
+        try:
+            attempt.complete(num_chunks, summary())
+            return
+        except DamagedChunks as damaged:
+            last = damaged
+            logger.info("regenerating damaged output: %s", damaged)
+    raise RuntimeError(f"stored output keeps coming back damaged ({last}); check the storage")
+
+
 def error_message(error: BaseException) -> str:
     """What a failed job reports: our errors' own message, else the exception's type and text."""
     from repo_store import Cancelled

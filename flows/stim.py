@@ -18,7 +18,7 @@ from targets import InvalidInput, render_stimulus
 
 from flows.generators import run_generator
 from flows.params import TargetJob
-from flows.runtime import Engines, Progress, error_message, logger
+from flows.runtime import Engines, Progress, complete_repairing, error_message, logger
 
 
 def run_stim(
@@ -49,14 +49,29 @@ def run_stim(
         plan = job.create_plan(
             {"num_chunks": len(config.generators), "total_expected": sum(g.count for g in config.generators)}
         )
-        done = job.chunks()
-        # Questions already committed: later generators must not repeat them.
-        seen = {_question(row) for row in job.iter_rows()}
-        next_id = sum(c.part.rows for c in done.values())
-        for index, generator in enumerate(config.generators):
-            attempt.raise_if_cancelled()
-            if index in done:
-                continue
+
+        def produce() -> None:
+            done = job.chunks()
+            missing = [i for i in range(plan["num_chunks"]) if i not in done]
+            if not missing:
+                return
+            # Questions already committed before the first missing generator: later ones must not repeat them.
+            seen = {_question(row) for row in job.iter_rows()}
+            next_id = sum(done[i].part.rows for i in range(missing[0]))
+            for index in range(missing[0], plan["num_chunks"]):
+                attempt.raise_if_cancelled()
+                if index in done:  # committed after a chunk being redone: its questions and ids stand
+                    seen.update(_question(row) for row in job.chunk_rows(index))
+                    next_id += done[index].part.rows
+                    continue
+                rows, stats = _stimuli(config.generators[index], index, next_id, seen)
+                attempt.commit_chunk(index, rows_to_table(rows, ["stimulus_id"]), stats)
+                next_id += len(rows)
+                progress.update(100.0 * len(job.chunks()) / plan["num_chunks"])
+                logger.info("stim %s/%s: generator %d (%s) wrote %d stimuli", repo_name, target_name, index,
+                            config.generators[index].type, len(rows))
+
+        def _stimuli(generator, index: int, first_id: int, seen: set[str]) -> tuple[list[dict], dict]:
             output = run_generator(
                 generator,
                 index=index,
@@ -68,13 +83,15 @@ def run_stim(
             )
             fresh = [q for q in output.questions if q not in seen]
             seen.update(fresh)
-            rows = []
-            for question in fresh:
-                row = render_stimulus(
-                    question, teacher=teacher, student=student, rollout_with_conditioned=generator.rollout_with_conditioned
-                )
-                rows.append({**row, "stimulus_id": next_id, "generator": index})
-                next_id += 1
+            rows = [
+                {
+                    **render_stimulus(q, teacher=teacher, student=student,
+                                      rollout_with_conditioned=generator.rollout_with_conditioned),
+                    "stimulus_id": first_id + offset,
+                    "generator": index,
+                }
+                for offset, q in enumerate(fresh)
+            ]
             stats = {
                 "generator": generator.type,
                 "requested": output.requested,
@@ -82,13 +99,11 @@ def run_stim(
                 "duplicates_of_earlier_generators": len(output.questions) - len(fresh),
                 "notes": output.notes,
             }
-            attempt.commit_chunk(index, rows_to_table(rows, ["stimulus_id"]), stats)
-            progress.update(100.0 * (index + 1) / plan["num_chunks"])
-            logger.info("stim %s/%s: generator %d (%s) wrote %d stimuli", repo_name, target_name, index, generator.type, len(fresh))
-        summary = _summary(job.chunks(), progress.elapsed)
-        attempt.complete(plan["num_chunks"], summary)
+            return rows, stats
+
+        complete_repairing(attempt, plan["num_chunks"], produce, lambda: _summary(job.chunks(), progress.elapsed))
         progress.update(100.0)
-        progress.summary(f"stim {repo_name}/{target_name}", summary)
+        progress.summary(f"stim {repo_name}/{target_name}", job.status().summary)
     except Exception as error:
         attempt.fail(error_message(error))
         raise

@@ -10,6 +10,7 @@ A job (one stim or one rollout of one target) lives in one folder:
     chunks/000012.json         create-if-absent commit marker for chunk 12, pointing at its part
     manifest.json              create-if-absent commit point of the whole job: `complete`
     cancels/000003.json        someone asked attempt 3 to stop; it fails with "cancelled"
+    (a chunk whose part turns out damaged when the job completes loses its marker and is redone)
     shards/<scope>/{claims,heartbeats,failures}/   the same claim protocol for one shard of a job
 
 Resuming is the normal path: a new attempt claims the next generation, skips every chunk that has a
@@ -242,16 +243,34 @@ class Job:
                 for index in range(parquet.num_row_groups):
                     yield from decode_rows(parquet.read_row_group(index, columns=[ROW_COLUMN]))
 
+    def chunk_rows(self, index: int) -> list[dict[str, Any]]:
+        return decode_rows(self.read_chunk_table(index))
+
     def read_chunk_table(self, index: int) -> pa.Table:
+        """A committed chunk's rows, checked against its marker (bytes, row count, readable)."""
         record = self.chunks()[index]
         data = self.storage.read_bytes(self.part_path(record.part))
         if data is None or len(data) != record.part.bytes:
-            raise RuntimeError(f"chunk {index} of {self.folder} is missing or truncated")
-        return pq.read_table(pa.BufferReader(data))
+            raise DamagedChunks([index], f"chunk {index}: part missing or of the wrong size")
+        try:
+            table = pq.read_table(pa.BufferReader(data))
+        except (pa.ArrowException, OSError) as error:
+            raise DamagedChunks([index], f"chunk {index}: unreadable part ({error})") from None
+        if table.num_rows != record.part.rows:
+            raise DamagedChunks([index], f"chunk {index}: {table.num_rows} rows, marker says {record.part.rows}")
+        return table
 
 
 class Cancelled(Exception):
     """The attempt was asked to stop (`Job.request_cancel`)."""
+
+
+class DamagedChunks(Exception):
+    """Committed chunks whose parts are missing, truncated or corrupt; they must be generated again."""
+
+    def __init__(self, indices: list[int], detail: str):
+        super().__init__(detail)
+        self.indices = indices
 
 
 class Attempt:
@@ -311,7 +330,13 @@ class Attempt:
         missing = [i for i in range(num_chunks) if i not in chunks]
         if missing:
             raise RuntimeError(f"cannot complete {self.job.folder}: chunks {missing[:10]} are not committed")
-        parts = list(self._compact([chunks[i] for i in range(num_chunks)]))
+        try:
+            parts = list(self._compact([chunks[i] for i in range(num_chunks)]))
+        except DamagedChunks as damaged:
+            # Never publish damaged rows: forget those chunks so the caller generates them again.
+            for index in damaged.indices:
+                self.discard_chunk(index)
+            raise
         manifest = {
             "kind": self.job.kind,
             "gen": self.gen,
@@ -349,16 +374,30 @@ class Attempt:
         self.job.storage.write_bytes(self.job.part_path(part), data)
         return part
 
+    def discard_chunk(self, index: int) -> None:
+        """Repair: remove a damaged chunk's marker (only the job's owner does this) so it is redone."""
+        self.job.storage.delete_tree(self.job._path("chunks", f"{index:06d}.json"))
+        self.job._chunk_cache.pop(index, None)
+
     def fail(self, error: str, summary: dict[str, Any] | None = None) -> None:
-        self.job.storage.create_json(
-            self._claims("failures", _gen_name(self.gen)), {"error": error, "at": time.time(), "summary": summary or {}}
-        )
-        self.release()
+        """Record why this attempt ended. Best effort: if storage itself is failing, the stopped
+        heartbeat still frees the job when the lease runs out, and status reports it resumable."""
+        self._stop()
+        try:
+            record = {"error": error, "at": time.time(), "summary": summary or {}}
+            self.job.storage.create_json(self._claims("failures", _gen_name(self.gen)), record)
+            self.release()
+        except OSError:
+            pass
 
     def release(self) -> None:
         """Stop heartbeating without finishing: the next claim resumes at once."""
         self._stop()
-        self.job.storage.write_json(self._claims("heartbeats", _gen_name(self.gen)), {"at": time.time(), "token": self.token, "released": True})
+        beat = {"at": time.time(), "token": self.token, "released": True}
+        try:
+            self.job.storage.write_json(self._claims("heartbeats", _gen_name(self.gen)), beat)
+        except OSError:
+            pass  # the lease runs out instead
 
 
 def _progress(chunks: dict[int, ChunkRecord], plan: dict[str, Any]) -> float | None:

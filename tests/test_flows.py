@@ -252,3 +252,47 @@ def test_cancel_keeps_finished_rows_and_a_later_run_resumes(store):
     assert run_rollout(ws, "r", "t", engines=again).status == "complete"
     assert again.requests == 60 - status.lines
     assert [r["stimulus_id"] for r in job.iter_rows()] == list(range(60))
+
+
+def test_damaged_chunk_is_regenerated_not_served(store):
+    ws = store.workspace()
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(30)}], num_traj_per_stimulus=2)
+    run_stim(ws, "r", "t", engines=CountingEngines())
+    with pytest.raises(RuntimeError):
+        run_rollout(ws, "r", "t", engines=CountingEngines(crash_after=12), chunk_size=5)
+    job = ws.job("r", "t", "rollout")
+    damaged = job.chunks()[1]
+    path = job.part_path(damaged.part)
+    store.storage.write_bytes(path, store.storage.read_bytes(path)[:-40])  # truncated on storage
+    again = CountingEngines()
+    status = run_rollout(ws, "r", "t", engines=again)
+    assert (status.status, status.lines) == ("complete", 60)
+    assert job.chunks()[1].gen == 2 and job.chunks()[0].gen == 1  # redone; the healthy chunk kept
+    assert again.requests == 30 - 10 + 5  # the missing chunks plus the damaged one
+    rows = ws.read_page("r", "t", "rollout", offset=0, limit=1000).rows
+    assert [(r["stimulus_id"], r["trajectory_id"]) for r in rows] == [(s, t) for s in range(30) for t in range(2)]
+
+
+def test_storage_outage_fails_the_job_clearly_then_it_resumes(store, monkeypatch):
+    ws = store.workspace()
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(40)}])
+    run_stim(ws, "r", "t", engines=CountingEngines())
+    real_write = store.storage.write_bytes
+    writes = {"parts": 0}
+
+    def flaky(path, data):
+        if "/parts/" in path:
+            writes["parts"] += 1
+            if writes["parts"] > 2:
+                raise OSError("storage unavailable (HTTP 503)")
+        return real_write(path, data)
+
+    monkeypatch.setattr(store.storage, "write_bytes", flaky)
+    with pytest.raises(OSError):
+        run_rollout(ws, "r", "t", engines=CountingEngines(), chunk_size=5)
+    status = ws.job("r", "t", "rollout").status()
+    assert status.status == "failed" and "storage unavailable" in status.error and status.lines == 10
+    monkeypatch.setattr(store.storage, "write_bytes", real_write)
+    again = CountingEngines()
+    assert run_rollout(ws, "r", "t", engines=again).status == "complete"
+    assert again.requests == 30

@@ -1,5 +1,6 @@
 """The Bread-compatible REST API: thin routes over bakehouse.service; schemas in bakehouse.schemas."""
 
+import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -11,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from bakehouse import schemas as s
+from bakehouse.limits import BodySizeLimit, RateLimiter, retry_after_header
 from bakehouse.runner import LocalRunner
 from bakehouse.service import Runner, Service
 from repo_store import MAX_PAGE_LIMIT, ApiKey, JobStatus, Store
@@ -21,8 +23,8 @@ STATUS_BY_ERROR = {ValidationFailed: 422, InvalidInput: 400, NotFound: 404, Conf
 
 
 class AuthError(Exception):
-    def __init__(self, status: int, message: str, code: str):
-        self.status, self.message, self.code = status, message, code
+    def __init__(self, status: int, message: str, code: str, headers: dict[str, str] | None = None):
+        self.status, self.message, self.code, self.headers = status, message, code, headers
 
 
 def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -35,6 +37,8 @@ def _error(status: int, message: str, code: str, headers: dict[str, str] | None 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": s.ErrorResponse, "description": "Not possible now (INVALID_INPUT)"},
     401: {"model": s.ErrorResponse, "description": "Missing or invalid API key"},
+    413: {"model": s.ErrorResponse, "description": "Request body too large"},
+    429: {"model": s.ErrorResponse, "description": "Rate limit of the key reached (see Retry-After)"},
     403: {"model": s.ErrorResponse, "description": "The key's scope does not allow this"},
     404: {"model": s.ErrorResponse, "description": "No such resource in this workspace"},
     409: {"model": s.ErrorResponse, "description": "Exists with different content (immutable)"},
@@ -43,10 +47,20 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(store: Store, runner: Runner | None = None) -> FastAPI:
+def create_app(
+    store: Store,
+    runner: Runner | None = None,
+    *,
+    max_body_bytes: int | None = None,
+    rate_limit_per_hour: int | None = None,
+) -> FastAPI:
+    """The API over `store`. Limits default to BAKEHOUSE_MAX_BODY_BYTES (10 MB) and
+    BAKEHOUSE_RATE_LIMIT_PER_HOUR (36,000 requests per key, bursts included)."""
     runner = runner or LocalRunner(store.url)
     app = FastAPI(title="bakehouse (Bread-compatible API)", version=VERSION)
     app.state.runner = runner
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes or int(os.environ.get("BAKEHOUSE_MAX_BODY_BYTES", 10_000_000)))
+    limiter = RateLimiter(rate_limit_per_hour or int(os.environ.get("BAKEHOUSE_RATE_LIMIT_PER_HOUR", 36_000)))
     bearer = HTTPBearer(auto_error=False)
 
     @app.exception_handler(BakehouseError)
@@ -56,7 +70,7 @@ def create_app(store: Store, runner: Runner | None = None) -> FastAPI:
 
     @app.exception_handler(AuthError)
     async def auth_error(request: Request, error: AuthError) -> JSONResponse:
-        return _error(error.status, error.message, error.code)
+        return _error(error.status, error.message, error.code, headers=error.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -93,6 +107,10 @@ def create_app(store: Store, runner: Runner | None = None) -> FastAPI:
                 raise AuthError(401, "Invalid API key", "UNAUTHORIZED")
             if not key.allows(needed):
                 raise AuthError(403, f"This key has '{key.scope}' scope; this needs '{needed}'", "FORBIDDEN")
+            wait = limiter.take(key.key_id)
+            if wait:
+                raise AuthError(429, "Too many requests for this key; slow down", "RATE_LIMITED",
+                                headers={"Retry-After": retry_after_header(wait)})
             return key
 
         return dependency

@@ -39,6 +39,7 @@ class LocalRunner:
         self.data_url = data_url
         self._submissions: dict[JobRef, Submission] = {}
         self._lock = threading.Lock()
+        self.started = 0  # worker processes started so far
 
     def submit(self, ref: JobRef, status: JobStatus) -> None:
         with self._lock:
@@ -51,6 +52,7 @@ class LocalRunner:
                 "--data", self.data_url,
             ]
             self._submissions[ref] = Submission(subprocess.Popen(command, stdin=subprocess.DEVNULL), status.attempt)
+            self.started += 1
 
     def view(self, ref: JobRef, status: JobStatus) -> JobStatus:
         """The job's status as a client should see it, given what this runner has started.

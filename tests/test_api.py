@@ -182,15 +182,49 @@ def test_rollout_before_stim_is_400_and_unknown_target_404(api):
         c.targets.stim.get("nope", repo_name="early")
 
 
-def test_fifty_concurrent_rollout_starts_make_one_job(api):
+def test_a_hundred_concurrent_rollout_starts_make_one_job(api):
     c = client(api)
     make_target(c, "race", n=1)
     c.targets.stim.run("t", repo_name="race", timeout=180)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=25) as pool:
-        answers = list(pool.map(lambda _: client(api).targets.rollout.run("t", repo_name="race", poll=False), range(50)))
+    runner = api["app"].state.runner
+    started_before = runner.started
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        answers = list(pool.map(lambda _: client(api).targets.rollout.run("t", repo_name="race", poll=False), range(100)))
     assert {a["status"] for a in answers} <= {"not_started", "running", "complete"}
     done = c.targets.rollout.wait("t", repo_name="race", timeout=180)
     assert (done["status"], done["lines"], done["job_id"]) == ("complete", 12, 1)
+    assert runner.started - started_before == 1  # one worker process for a hundred starts
+
+
+def test_a_hundred_concurrent_creates_make_one_resource(api):
+    c = client(api)
+    c.repo.create(repo_name="crowd", base_model="fake")
+    url, headers = api["url"], {"Authorization": f"Bearer {api['keys']['write']}"}
+
+    def create(i, content):
+        body = {"prompt_name": "p", "messages": [{"role": "system", "content": content}]}
+        return httpx.post(f"{url}/v1/repo/crowd/prompts", json=body, headers=headers, timeout=60).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        same = list(pool.map(lambda i: create(i, "identical"), range(100)))
+    assert sorted(same).count(201) == 1 and same.count(200) == 99
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        different = list(pool.map(lambda i: create(i, f"version {i}"), range(100)))
+    assert set(different) == {409}  # the prompt exists with other content: all conflict
+    assert c.prompts.get("p", repo_name="crowd")["messages"] == [{"role": "system", "content": "identical"}]
+
+    def create_target(i):
+        body = {"target_name": "t", "template": "default", "overrides": {
+            "teacher_prompt": "p", "student_prompt": "p", "temperature": 0.5 if i % 2 else 1.0}}
+        return httpx.post(f"{url}/v1/repo/crowd/targets", json=body, headers=headers, timeout=60).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        codes = list(pool.map(create_target, range(100)))
+    assert codes.count(201) == 1
+    winner = c.targets.get("t", repo_name="crowd")["config"]["temperature"]
+    # Every request with the winner's config saw 200, every other one 409.
+    expected_same = sum(1 for i in range(100) if (0.5 if i % 2 else 1.0) == winner)
+    assert codes.count(200) == expected_same - 1 and codes.count(409) == 100 - expected_same
 
 
 def test_auth_and_scopes(api):

@@ -1,0 +1,131 @@
+"""Bad input and abuse at the API edge: every refusal in the envelope, and no side effect."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+
+import pytest
+from fastapi.testclient import TestClient
+
+from bakehouse.api import create_app
+from repo_store import JobStatus, Store
+
+
+class RecordingRunner:
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, ref, status: JobStatus) -> None:
+        self.submitted.append(ref)
+
+    def view(self, ref, status: JobStatus) -> JobStatus:
+        return status
+
+
+@pytest.fixture
+def api():
+    store = Store(tempfile.mkdtemp(prefix="bakehouse-abuse-"))
+    _, key = store.keys.create(workspace="default", scope="write")
+    runner = RecordingRunner()
+    app = create_app(store, runner, max_body_bytes=50_000, rate_limit_per_hour=100_000)
+    client = TestClient(app, headers={"Authorization": f"Bearer {key}"})
+    client.post("/v1/repo", json={"repo_name": "r", "base_model": "fake"})
+    client.post("/v1/repo/r/prompts", json={"prompt_name": "p", "messages": []})
+    return {"client": client, "store": store, "key": key, "runner": runner}
+
+
+def snapshot(client):
+    return (client.get("/v1/repo").json(), client.get("/v1/repo/r/prompts").json(), client.get("/v1/repo/r/targets").json())
+
+
+TARGET = {"teacher_prompt": "p", "student_prompt": "p", "generators": [{"type": "hardcoded", "questions": ["q?"]}]}
+
+
+@pytest.mark.parametrize(
+    "method, path, body, status",
+    [
+        ("post", "/v1/repo", b"{not json", 422),
+        ("post", "/v1/repo", {"repo_name": 5}, 422),
+        ("post", "/v1/repo", {"repo_name": "x", "bogus": 1}, 422),
+        ("post", "/v1/repo", {"repo_name": "x\x00y"}, 422),
+        ("post", "/v1/repo", {"repo_name": "x" * 300}, 422),
+        ("post", "/v1/repo", {"repo_name": ".."}, 422),
+        ("post", "/v1/repo/r/prompts", {"prompt_name": "a/b", "messages": []}, 422),
+        ("post", "/v1/repo/r/prompts", {"prompt_name": "ok", "messages": "not a list"}, 422),
+        ("post", "/v1/repo/r/targets", {"target_name": "t", "template": "missing", "overrides": TARGET}, 400),
+        ("post", "/v1/repo/r/targets", {"target_name": "t", "template": "default",
+                                        "overrides": {**TARGET, "teacher_prompt": "ghost"}}, 400),
+        ("post", "/v1/repo/r/targets", {"target_name": "t", "template": "default",
+                                        "overrides": {**TARGET, "generators": [{"type": "hardcoded", "questions": ["a"], "numq": 5}]}}, 422),
+        ("post", "/v1/repo/r/targets", {"target_name": "t", "template": "default",
+                                        "overrides": {**TARGET, "extra_kwargs": {"logprobs": 5}}}, 422),
+        ("post", "/v1/repo/r/targets", {"target_name": "t", "template": "default",
+                                        "overrides": {**TARGET, "temperature": "hot"}}, 422),
+        ("post", "/v1/repo/r/targets", {"target_name": "t", "template": "default", "overrides": "nope"}, 422),
+        ("post", "/v1/repo/r/targets/batch", {"targets": "nope"}, 422),
+        ("get", "/v1/repo/r/targets/nope/stim/output?limit=0", None, 422),
+        ("get", "/v1/repo/r/targets/nope/stim/output?offset=-1", None, 422),
+        ("get", "/v1/repo/r/targets/nope/stim/output?limit=abc", None, 422),
+        ("post", "/v1/repo/nope/targets/t/stim", None, 404),
+        ("post", "/v1/repo", {"repo_name": "big", "base_model": "x" * 60_000}, 413),
+    ],
+)
+def test_bad_input_is_refused_in_the_envelope_without_side_effects(api, method, path, body, status):
+    client = api["client"]
+    before = snapshot(client)
+    if isinstance(body, bytes):
+        response = client.request(method, path, content=body, headers={"Content-Type": "application/json"})
+    else:
+        response = client.request(method, path, json=body)
+    assert response.status_code == status, response.text
+    envelope = response.json()
+    assert isinstance(envelope["message"], str) and envelope["message"] and envelope["code"]
+    assert snapshot(client) == before
+    assert api["runner"].submitted == []
+
+
+def test_lying_content_length_cannot_smuggle_a_huge_body(api):
+    def chunks():
+        for _ in range(20):
+            yield b"x" * 10_000
+
+    response = api["client"].post("/v1/repo", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and response.json()["code"] == "PAYLOAD_TOO_LARGE"
+
+
+def test_rate_limit_answers_429_with_retry_after():
+    store = Store(tempfile.mkdtemp(prefix="bakehouse-rate-"))
+    _, key = store.keys.create(workspace="default", scope="read")
+    _, other = store.keys.create(workspace="default", scope="read")
+    client = TestClient(create_app(store, RecordingRunner(), rate_limit_per_hour=5))
+    codes = [client.get("/v1/repo", headers={"Authorization": f"Bearer {key}"}).status_code for _ in range(7)]
+    assert codes == [200] * 5 + [429] * 2
+    limited = client.get("/v1/repo", headers={"Authorization": f"Bearer {key}"})
+    assert limited.json()["code"] == "RATE_LIMITED" and int(limited.headers["Retry-After"]) >= 1
+    assert client.get("/v1/repo", headers={"Authorization": f"Bearer {other}"}).status_code == 200  # per key
+
+
+def test_keys_are_stored_hashed_and_never_logged(api, caplog):
+    store, key = api["store"], api["key"]
+    caplog.set_level(logging.DEBUG)
+    api["client"].post("/v1/repo/r/targets", json={"target_name": "t", "template": "default", "overrides": TARGET})
+    api["client"].post("/v1/repo/r/targets/t/stim")
+    stored = [store.storage.read_bytes(store.storage.path("keys", n)) for n in store.storage.list_names(store.storage.path("keys"))]
+    assert stored and all(key.encode() not in blob and key.split("_")[2].encode() not in blob for blob in stored)
+    assert key not in caplog.text
+    assert key not in json.dumps(api["client"].get("/v1/repo/r/targets/t/stim").json())
+
+
+def test_other_workspaces_cannot_infer_existence(api):
+    store = api["store"]
+    _, stranger = store.keys.create(workspace="elsewhere", scope="write")
+    client = TestClient(create_app(store, RecordingRunner()), headers={"Authorization": f"Bearer {stranger}"})
+    for path in ("/v1/repo/{}", "/v1/repo/{}/prompts", "/v1/repo/{}/targets", "/v1/repo/{}/prompts/p"):
+        existing = client.get(path.format("r"))
+        missing = client.get(path.format("no-such-repo"))
+        assert existing.status_code == missing.status_code == 404
+        assert existing.json()["message"] == missing.json()["message"].replace("no-such-repo", "r")
+    assert client.get("/v1/repo").json() == {"repos": []}
+    assert client.post("/v1/repo/r/targets/t/stim").status_code == 404

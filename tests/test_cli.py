@@ -1,0 +1,136 @@
+"""The `bakehouse` command line against a real server (jobs run in threads on the fake engine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from bakehouse.api import create_app
+from bakehouse.cli import app
+from flows.rollout import run_rollout
+from flows.stim import run_stim
+from repo_store import JobStatus, Store
+
+SPEC = """
+repo: {repo_name: cli, base_model: fake}
+prompts:
+  - {prompt_name: teacher, messages: [{role: system, content: Be brief.}]}
+  - {prompt_name: student, messages: []}
+targets:
+  - target_name: t
+    overrides:
+      teacher_prompt: teacher
+      student_prompt: student
+      model_name: fake
+      num_traj_per_stimulus: 2
+      generators: [{type: hardcoded, questions: ["one?", "two?", "three?"]}]
+"""
+
+
+class ThreadRunner:
+    """Runs each started job in a thread of the server process (the local runner uses processes)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def submit(self, ref, status: JobStatus) -> None:
+        run = run_stim if ref.kind == "stim" else run_rollout
+        threading.Thread(target=run, args=(self.store.workspace(ref.workspace), ref.repo_name, ref.target_name)).start()
+
+    def view(self, ref, status: JobStatus) -> JobStatus:
+        return status
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = str(tmp_path_factory.mktemp("cli-data"))
+    store = Store(data)
+    uvicorn_server = uvicorn.Server(uvicorn.Config(create_app(store, ThreadRunner(store)), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    while not uvicorn_server.started:
+        time.sleep(0.05)
+    port = uvicorn_server.servers[0].sockets[0].getsockname()[1]
+    yield {"url": f"http://127.0.0.1:{port}", "data": data}
+    uvicorn_server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_keys_create_prints_the_secret_alone_on_the_last_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "bakehouse.cli", "keys", "create", "--workspace", "w", "--scope", "read", "--data", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    )
+    secret = done.stdout.strip().splitlines()[-1]
+    assert secret.startswith("bh_") and done.stdout.strip() == secret  # stdout holds nothing else
+    key = Store(str(tmp_path)).keys.verify(secret)
+    assert key is not None and (key.workspace, key.scope) == ("w", "read")
+
+
+def test_apply_run_status_output_and_export(server, tmp_path, monkeypatch):
+    key = Store(server["data"]).keys.create(workspace="default", scope="write")[1]
+    monkeypatch.setenv("BAKEHOUSE_BASE_URL", server["url"])
+    monkeypatch.setenv("BAKEHOUSE_API_KEY", key)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    cli = CliRunner()
+
+    result = cli.invoke(app, ["apply", str(spec)])
+    assert result.exit_code == 0, result.output
+    assert "repo cli: 2 prompts, 1 targets" in result.output
+    assert cli.invoke(app, ["apply", str(spec)]).exit_code == 0  # identical again: fine
+
+    result = cli.invoke(app, ["stim", "run", "t", "--repo", "cli"])
+    assert result.exit_code == 0, result.output
+    assert "stim complete: 3 rows" in result.output
+    result = cli.invoke(app, ["rollout", "run", "t", "--repo", "cli"])
+    assert result.exit_code == 0 and "rollout complete: 6 rows" in result.output
+
+    status = json.loads(cli.invoke(app, ["rollout", "status", "t", "--repo", "cli"]).output)
+    assert (status["status"], status["lines"], status["total_expected"]) == ("complete", 6, 6)
+    lines = cli.invoke(app, ["rollout", "output", "t", "--repo", "cli", "--jsonl", "--limit", "4", "--offset", "1"]).output
+    rows = [json.loads(line) for line in lines.splitlines()]
+    assert [(r["stimulus_id"], r["trajectory_id"]) for r in rows] == [(0, 1), (1, 0), (1, 1), (2, 0)]
+    table = cli.invoke(app, ["stim", "output", "t", "--repo", "cli"]).output
+    assert "two?" in table
+
+    target = tmp_path / "out.jsonl"
+    assert cli.invoke(app, ["rollout", "export", "t", str(target), "--repo", "cli"]).exit_code == 0
+    assert len(target.read_text().splitlines()) == 6
+    parquet = tmp_path / "out.parquet"
+    assert cli.invoke(app, ["stim", "export", "t", str(parquet), "--repo", "cli"]).exit_code == 0
+    import polars as pl
+
+    assert pl.read_parquet(parquet).height == 3
+
+
+def test_errors_print_the_server_message_and_exit_non_zero(server, monkeypatch):
+    key = Store(server["data"]).keys.create(workspace="default", scope="read")[1]
+    monkeypatch.setenv("BAKEHOUSE_BASE_URL", server["url"])
+    monkeypatch.setenv("BAKEHOUSE_API_KEY", key)
+    result = CliRunner().invoke(app, ["stim", "status", "nope", "--repo", "missing"])
+    assert result.exit_code == 1 and "Repository 'missing' not found" in result.output
+    result = CliRunner().invoke(app, ["stim", "run", "nope", "--repo", "missing", "--no-wait"])
+    assert result.exit_code == 1 and "scope" in result.output
+
+
+@pytest.mark.vllm
+@pytest.mark.prefect
+def test_demo_runs_the_main_job_end_to_end(tmp_path):
+    """What `bash scripts/demo.sh` runs after installing: stim -> rollout on the embedded default."""
+    env = {**__import__("os").environ, "BAKEHOUSE_DATA": str(tmp_path / "data"), "PREFECT_HOME": str(tmp_path / "prefect"),
+           "OMP_NUM_THREADS": "1"}
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run([sys.executable, "-m", "bakehouse.cli", "demo"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Done" in done.stdout and "trajectories" in done.stdout and '"finish_reason"' in done.stdout
+    job = Store(str(tmp_path / "data")).workspace().job("demo", "pirate", "rollout")
+    status = job.status()
+    assert status.status == "complete" and status.lines == status.total_expected > 0

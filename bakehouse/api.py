@@ -193,15 +193,7 @@ def create_app(
         return _prompt(prompt)
 
     def _batch_prompts(repo_name: str, body: s.BatchPromptSet, service: Service) -> s.BatchResponse:
-        service.ws.get_repo(repo_name)
-        created, failed = [], {}
-        for name, messages in body.prompts.items():
-            try:
-                service.create_prompt(repo_name, name, messages, None)
-                created.append(name)
-            except BakehouseError as error:
-                failed[name] = error.message
-        return s.BatchResponse(created=created, failed=failed)
+        return s.BatchResponse(**service.create_prompts(repo_name, body.prompts))
 
     @v1.post("/repo/{repo_name}/prompts/batch", response_model=s.BatchResponse, tags=["prompts"])
     def batch_prompts(repo_name: str, body: s.BatchPromptSet, service: Write, user_id: UserId = None):
@@ -236,15 +228,7 @@ def create_app(
         return _target(target)
 
     def _batch_targets(repo_name: str, body: s.BatchTargetCreate, service: Service) -> s.BatchResponse:
-        service.ws.get_repo(repo_name)
-        created, failed = [], {}
-        for item in body.targets:  # in order, so a later item may use an earlier one as template
-            try:
-                service.create_target(repo_name, item.target_name, item.template, item.overrides)
-                created.append(item.target_name)
-            except BakehouseError as error:
-                failed[item.target_name] = error.message
-        return s.BatchResponse(created=created, failed=failed)
+        return s.BatchResponse(**service.create_targets(repo_name, [t.model_dump() for t in body.targets]))
 
     @v1.post("/repo/{repo_name}/targets/batch", response_model=s.BatchResponse, tags=["targets"])
     def batch_targets(repo_name: str, body: s.BatchTargetCreate, service: Write, user_id: UserId = None):

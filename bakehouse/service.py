@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from repo_store import JobStatus, Page, Workspace
-from targets import InvalidInput, PromptSpec, RepoSpec, TargetSpec, parse
+from targets import BakehouseError, InvalidInput, PromptSpec, RepoSpec, TargetSpec, parse
 
 from bakehouse.runner import JobRef
 
@@ -36,6 +36,26 @@ class Service:
     def create_target(self, repo_name: str, target_name: str, template: str, overrides: dict | None):
         spec = parse(TargetSpec, {"target_name": target_name, "template": template, "overrides": overrides}, "target")
         return self.ws.create_target(repo_name, spec)
+
+    def create_prompts(self, repo_name: str, prompts: dict[str, list]) -> dict[str, Any]:
+        return self._each(repo_name, {name: lambda m=messages, n=name: self.create_prompt(repo_name, n, m, None)
+                                      for name, messages in prompts.items()})
+
+    def create_targets(self, repo_name: str, targets: list[dict[str, Any]]) -> dict[str, Any]:
+        # In order, so that a later target may use an earlier one as its template.
+        return self._each(repo_name, {t["target_name"]: lambda t=t: self.create_target(repo_name, **t) for t in targets})
+
+    def _each(self, repo_name: str, creates: dict[str, Any]) -> dict[str, Any]:
+        """Bread's batch semantics: every item is tried; failures are reported per name."""
+        self.ws.get_repo(repo_name)
+        created, failed = [], {}
+        for name, create in creates.items():
+            try:
+                create()
+                created.append(name)
+            except BakehouseError as error:
+                failed[name] = error.message
+        return {"created": created, "failed": failed}
 
     # -- jobs ----------------------------------------------------------------------------------
 

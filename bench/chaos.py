@@ -2,7 +2,7 @@
 
     python bench/chaos.py [--kills 20] [--stimuli 1500] [--n 2] [--max-tokens 16] [--chunk 25]
                           [--outages 3] [--outage-seconds 3] [--s3-stimuli 600] [--fake-delay 0.03]
-                          [--seed 0] [--skip-kills] [--skip-storage]
+                          [--long-outage 30] [--seed 0] [--skip-kills] [--skip-storage]
 
 Part A, kills (local storage, in-process vLLM on "tiny-random"). Stim runs in this process (hardcoded
 questions: no engine). The rollout runs in a child process (`python -c`, like the crash test in
@@ -32,7 +32,10 @@ every new one at once). The rollout runs in this process on the fake engine (Fak
 triggered once the committed chunks pass 1/(k+1), 2/(k+1), ... of the job. When run_rollout raises
 (or returns without completing), the "operator" starts it again after 1 s, in the same process.
 Reported: restarts, the errors seen, rows lost/duplicated, and for each outage the time from its end
-to the next committed chunk (watched directly on moto, bypassing the proxy).
+to the next committed chunk (watched directly on moto, bypassing the proxy). Short outages are
+usually ridden out by the S3 client's own retries (botocore + s3fs); a second run on a fresh bucket
+with one --long-outage outage (default 30 s, longer than those retries) makes the job fail, so the
+restart path is exercised too.
 
 Prints two Markdown tables at the end. Default run: ~6-9 minutes on 2 cores. Not a test.
 """
@@ -128,6 +131,17 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def engine_ready(log: Path, started: float) -> str:
+    """Seconds from the restart to the child's engine being up (its `gen` line), as text."""
+    try:
+        for line in log.read_text().splitlines():
+            if line.startswith("gen "):
+                return f"{float(line.split()[2]) - started:4.1f}s"
+    except OSError:
+        pass
+    return "  - "
+
+
 def kill_test(args: argparse.Namespace) -> dict:
     root = Path(tempfile.mkdtemp(prefix="bakehouse-chaos-kill-"))
     data = str(root / "data")
@@ -180,8 +194,8 @@ def kill_test(args: argparse.Namespace) -> dict:
             if attempt["first_commit"]:
                 gen_seconds += (attempt["killed"] or time.time()) - attempt["first_commit"]
                 gen_chunks += after - attempt["before"]
-            print(f"attempt {index:2d}: recovery {((attempt['first_commit'] or started) - started):5.1f}s, "
-                  f"killed {delay:4.1f}s after its first commit, chunks {attempt['before']}->{after}/{num_chunks}", flush=True)
+            print(f"attempt {index:2d}: engine up {engine_ready(log, started)}, recovery "
+                  f"{((attempt['first_commit'] or started) - started):5.1f}s, killed {delay:4.1f}s after its first commit, chunks {attempt['before']}->{after}/{num_chunks}", flush=True)
             if job.manifest() is not None:
                 break
             continue
@@ -191,7 +205,8 @@ def kill_test(args: argparse.Namespace) -> dict:
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
-        print(f"attempt {index:2d}: recovery {((attempt['first_commit'] or started) - started):5.1f}s, ran to the end "
+        print(f"attempt {index:2d}: engine up {engine_ready(log, started)}, recovery "
+              f"{((attempt['first_commit'] or started) - started):5.1f}s, ran to the end "
               f"(exit {child.returncode}), chunks {attempt['before']}->{len(job.chunks())}/{num_chunks}", flush=True)
         break
     total = time.time() - attempts[0]["started"]
@@ -359,7 +374,7 @@ def start_moto() -> tuple[subprocess.Popen, int]:
             time.sleep(0.1)
 
 
-def storage_test(args: argparse.Namespace) -> dict:
+def storage_test(args: argparse.Namespace, outages_wanted: int, outage_seconds: float) -> dict:
     import boto3
 
     moto, moto_port = start_moto()
@@ -378,7 +393,7 @@ def storage_test(args: argparse.Namespace) -> dict:
         assert run_stim(ws, REPO, TARGET).lines == args.s3_stimuli
         job = ws.job(REPO, TARGET, "rollout")
         num_chunks = -(-args.s3_stimuli // args.chunk)
-        print(f"\n## B. {args.outages} S3 outages of {args.outage_seconds:.0f}s: {args.s3_stimuli} stimuli x n={args.n}, fake "
+        print(f"\n## B. {outages_wanted} S3 outage(s) of {outage_seconds:.0f}s: {args.s3_stimuli} stimuli x n={args.n}, fake "
               f"engine {args.fake_delay}s/request, chunk {args.chunk} ({num_chunks} chunks), moto :{moto_port} behind proxy "
               f":{proxy.port}", flush=True)
         prefix = job.folder.split(f"{bucket}/", 1)[1] + "/chunks/"
@@ -395,10 +410,10 @@ def storage_test(args: argparse.Namespace) -> dict:
                 now = time.time()
                 for item in listing.get("Contents", []):
                     seen.setdefault(item["Key"], now)
-                if fired < args.outages and len(seen) >= num_chunks * (fired + 1) / (args.outages + 1):
+                if fired < outages_wanted and len(seen) >= num_chunks * (fired + 1) / (outages_wanted + 1):
                     start = time.time()
-                    proxy.outage(args.outage_seconds)
-                    outages.append((start, start + args.outage_seconds))
+                    proxy.outage(outage_seconds)
+                    outages.append((start, start + outage_seconds))
                     fired += 1
                     print(f"outage {fired} at {len(seen)}/{num_chunks} chunks", flush=True)
                 time.sleep(0.1)
@@ -434,7 +449,7 @@ def storage_test(args: argparse.Namespace) -> dict:
         print(f"status {status.status}, {lines} rows / {args.s3_stimuli * args.n} expected, {restarts} restarts, "
               f"{total:.1f}s wall; proxy reset {proxy.reset} open connections and refused {proxy.refused} new ones")
         print(f"recovery (outage end -> next committed chunk) s: {', '.join(f'{r:.1f}' for r in recoveries)}")
-        return {"outages": len(outages), "restarts": restarts, "lost": lost, "duplicated": duplicated,
+        return {"outages": len(outages), "outage_seconds": outage_seconds, "restarts": restarts, "lost": lost, "duplicated": duplicated,
                 "median_recovery": statistics.median(recoveries) if recoveries else float("nan"),
                 "status": status.status, "seconds": total, "errors": errors}
     finally:
@@ -465,12 +480,18 @@ def main() -> None:
     parser.add_argument("--outage-seconds", type=float, default=3.0)
     parser.add_argument("--s3-stimuli", type=int, default=600)
     parser.add_argument("--fake-delay", type=float, default=0.03)
+    parser.add_argument("--long-outage", type=float, default=30.0,
+                        help="then one outage of this many seconds on a fresh bucket (0: skip)")
     parser.add_argument("--storage-budget", type=float, default=240)
     parser.add_argument("--skip-kills", action="store_true")
     parser.add_argument("--skip-storage", action="store_true")
     args = parser.parse_args()
     kill = None if args.skip_kills else kill_test(args)
-    storage = None if args.skip_storage else storage_test(args)
+    storage = []
+    if not args.skip_storage:
+        storage.append(storage_test(args, args.outages, args.outage_seconds))
+        if args.long_outage > 0:  # longer than the S3 client's own retries: the job fails, the operator restarts it
+            storage.append(storage_test(args, 1, args.long_outage))
     print()
     if kill:
         print(f"| kills | lost | duplicated | redone (trajectories) | redone per kill (max) | chunk (trajectories) | median recovery s |")
@@ -481,11 +502,15 @@ def main() -> None:
     if storage:
         print("| outages | restarts | lost | duplicated | median recovery s | status |")
         print("|---|---|---|---|---|---|")
-        print(f"| {storage['outages']} | {storage['restarts']} | {storage['lost']} | {storage['duplicated']} | "
-              f"{storage['median_recovery']:.1f} | {storage['status']} |")
-        if storage["errors"]:
-            print("\nerrors that stopped the rollout: " + "; ".join(sorted(set(storage["errors"]))))
-    bad = [(k, r) for k, r in (("kills", kill), ("storage", storage)) if r and (r["lost"] or r["duplicated"] or r["status"] != "complete")]
+        for row in storage:
+            print(f"| {row['outages']} x {row['outage_seconds']:.0f} s | {row['restarts']} | {row['lost']} | {row['duplicated']} | "
+                  f"{row['median_recovery']:.1f} | {row['status']} |")
+        for row in storage:
+            if row["errors"]:
+                print(f"\n{row['outages']} x {row['outage_seconds']:.0f} s, what the operator saw: "
+                      + "; ".join(f"{c} x {e}" for e, c in Counter(row["errors"]).items()))
+    rows = [("kills", kill)] + [(f"storage-{i}", r) for i, r in enumerate(storage)]
+    bad = [(k, r) for k, r in rows if r and (r["lost"] or r["duplicated"] or r["status"] != "complete")]
     if bad:
         print(f"\nFAILED: {json.dumps({k: {x: r[x] for x in ('lost', 'duplicated', 'status')} for k, r in bad})}")
         sys.exit(1)

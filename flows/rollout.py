@@ -26,7 +26,7 @@ from targets.render import rollout_context
 
 from flows.engines import ChatRequest, ChatResult, Engine, Sampling
 from flows.params import TargetJob
-from flows.runtime import Engines, Progress, complete_repairing, error_message, logger
+from flows.runtime import Engines, Progress, complete_repairing, logger, running
 
 DEFAULT_MAX_TOKENS = 256
 MAX_SHARD_LAUNCHES = 3
@@ -73,12 +73,9 @@ def run_rollout(
     attempt = job.claim(owner="rollout")
     if attempt is None:
         return job.status()
-    attempt.keep_alive()
-    own_engines = engines is None
-    engines = engines or Engines()
     progress = Progress(f"rollout-{repo_name}-{target_name}", on_progress)
     counters = _counters()
-    try:
+    with running(attempt, engines) as engines:
         stimuli = stim.status().lines
         size = chunk_size or chunk_size_from_env()
         num_chunks = max(1, -(-stimuli // size))
@@ -102,32 +99,24 @@ def run_rollout(
             if launcher is not None:
                 _supervise(job, attempt, shards, launcher, progress, launches)
             else:
-                _generate(job, attempt, stim, config, range(plan["num_chunks"]), engines(config.model_name), progress, counters)
+                _generate(job, attempt, stim, config, range(plan["num_chunks"]), lambda: engines(config.model_name), progress, counters)
 
-        summary = lambda: {  # noqa: E731 - evaluated when the job completes
+        def summary() -> dict[str, Any]:
+            return {
+                "stimuli": stimuli,
+                "shards": len(shards),
+                "trajectories_this_attempt": counters["trajectories"],
+                "errors_this_attempt": counters["errors"],
+                "prompt_tokens": counters["prompt_tokens"],
+                "completion_tokens": counters["completion_tokens"],
+                "seconds": round(progress.elapsed, 2),
+                "trajectories_per_second": round(counters["trajectories"] / max(progress.elapsed, 1e-9), 1),
+                "model": config.model_name,
+            }
 
-            "stimuli": stimuli,
-            "shards": len(shards),
-            "trajectories_this_attempt": counters["trajectories"],
-            "errors_this_attempt": counters["errors"],
-            "prompt_tokens": counters["prompt_tokens"],
-            "completion_tokens": counters["completion_tokens"],
-            "seconds": round(progress.elapsed, 2),
-            "trajectories_per_second": round(counters["trajectories"] / max(progress.elapsed, 1e-9), 1),
-            "model": config.model_name,
-        }
         complete_repairing(attempt, plan["num_chunks"], produce, summary)
         progress.update(100.0)
         progress.summary(f"rollout {repo_name}/{target_name}", job.status().summary)
-    except Exception as error:
-        attempt.fail(error_message(error))
-        raise
-    except BaseException:
-        attempt.release()  # interrupted (Ctrl-C, SIGTERM): the next start resumes at once
-        raise
-    finally:
-        if own_engines:
-            engines.close()
     return job.status()
 
 
@@ -150,25 +139,13 @@ def run_rollout_shard(
     attempt = job.claim(owner=f"shard-{shard}", scope=shard_scope(shard), parent_gen=job_gen)
     if attempt is None:
         return {"shard": shard, "status": "owned elsewhere or complete"}
-    attempt.keep_alive()
-    own_engines = engines is None
-    engines = engines or Engines()
     progress = Progress(f"rollout-{repo_name}-{target_name}-shard-{shard}")
     counters = _counters()
-    try:
+    with running(attempt, engines) as engines:
         stim = workspace.job(repo_name, target_name, "stim")
         logger.info("rollout %s/%s shard %d: chunks %d-%d with %s", repo_name, target_name, shard, chunks[0], chunks[-1], config.model_name)
-        _generate(job, attempt, stim, config, chunks, engines(config.model_name), progress, counters)
+        _generate(job, attempt, stim, config, chunks, lambda: engines(config.model_name), progress, counters)
         attempt.release()
-    except Exception as error:
-        attempt.fail(error_message(error))
-        raise
-    except BaseException:
-        attempt.release()
-        raise
-    finally:
-        if own_engines:
-            engines.close()
     return {"shard": shard, "status": "done", **counters}
 
 
@@ -191,20 +168,22 @@ def _generate(
     stim: Job,
     config: TargetConfig,
     chunks: range,
-    engine: Engine,
+    open_engine: Callable[[], Engine],
     progress: Progress,
     counters: dict[str, int],
 ) -> None:
-    """Generate and commit every chunk in `chunks` that is not committed yet."""
+    """Generate and commit every chunk in `chunks` that is not committed yet (the engine is opened
+    only when there is something to generate)."""
     plan = job.plan() or {}
     size, stimuli, num_chunks = plan["stimuli_per_chunk"], plan["stimuli"], plan["num_chunks"]
     done = set(job.chunks())
-    todo = [c for c in chunks if c not in done]
+    wanted = {c for c in chunks if c not in done}
     attempt.raise_if_cancelled()
-    if stimuli == 0 and todo:
+    if not wanted:
+        return
+    if stimuli == 0:  # nothing to sample: one empty chunk completes the job
         attempt.commit_chunk(0, rows_to_table([], ["stimulus_id", "trajectory_id"]))
         return
-    wanted = set(todo)
     pending: dict[int, dict[int, tuple[dict[str, Any], ChatResult]]] = {}
     stimulus_rows: dict[int, dict[str, Any]] = {}
 
@@ -218,9 +197,7 @@ def _generate(
                 key=stimulus_id, messages=context["messages"], tools=context.get("tools"), sampling=_sampling(config, stimulus_id)
             )
 
-    if not todo:
-        return
-    for result in engine.generate(requests()):
+    for result in open_engine().generate(requests()):
         chunk = result.key // size
         pending.setdefault(chunk, {})[result.key] = (stimulus_rows.pop(result.key), result)
         if len(pending[chunk]) == min(size, stimuli - chunk * size):
@@ -257,6 +234,8 @@ def _supervise(
                 continue  # launched, not claimed yet (queued for a worker)
             if job.owner_alive(scope):
                 continue
+            if set(shards[shard]) <= set(job.chunks()):
+                continue  # its owner finished between our two looks
             if launches.get(shard, 0) >= MAX_SHARD_LAUNCHES:
                 raise RuntimeError(f"shard {shard} did not finish after {MAX_SHARD_LAUNCHES} launches")
             launches[shard] = launches.get(shard, 0) + 1

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flows.engines import Engine, open_engine
@@ -116,6 +117,30 @@ def _in_flow_run() -> bool:
 def _artifact_key(text: str) -> str:
     # Prefect artifact keys: lowercase letters, digits and dashes only.
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:120]
+
+
+@contextmanager
+def running(attempt, engines: Engines | None) -> Iterator[Engines]:
+    """Own an attempt while its work runs, and end it honestly whatever happens.
+
+    An error is recorded (the job reads `failed` with the reason, and a later start resumes); an
+    interrupt (Ctrl-C, SIGTERM, cancellation by Prefect) releases the claim so a restart resumes at
+    once. Engines opened here are closed here; engines passed in belong to the caller.
+    """
+    own = engines is None
+    engines = engines or Engines()
+    attempt.keep_alive()
+    try:
+        yield engines
+    except Exception as error:
+        attempt.fail(error_message(error))
+        raise
+    except BaseException:
+        attempt.release()
+        raise
+    finally:
+        if own:
+            engines.close()
 
 
 def complete_repairing(attempt, num_chunks: int, produce: Callable[[], None], summary: Callable[[], dict[str, Any]]) -> None:

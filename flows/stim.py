@@ -14,11 +14,11 @@ from prefect import flow
 
 from repo_store import JobStatus, Store, Workspace, rows_to_table
 from repo_store.datasets import read_text
-from targets import InvalidInput, render_stimulus
+from targets import Generator, InvalidInput, render_stimulus
 
 from flows.generators import run_generator
 from flows.params import TargetJob
-from flows.runtime import Engines, Progress, complete_repairing, error_message, logger
+from flows.runtime import Engines, Progress, complete_repairing, logger, running
 
 
 def run_stim(
@@ -35,11 +35,8 @@ def run_stim(
     attempt = job.claim(owner="stim")
     if attempt is None:
         return job.status()
-    attempt.keep_alive()
-    own_engines = engines is None
-    engines = engines or Engines()
     progress = Progress(f"stim-{repo_name}-{target_name}", on_progress)
-    try:
+    with running(attempt, engines) as engines:
         repo = workspace.get_repo(repo_name)
         config = target.config
         if not config.generators:
@@ -50,28 +47,7 @@ def run_stim(
             {"num_chunks": len(config.generators), "total_expected": sum(g.count for g in config.generators)}
         )
 
-        def produce() -> None:
-            done = job.chunks()
-            missing = [i for i in range(plan["num_chunks"]) if i not in done]
-            if not missing:
-                return
-            # Questions already committed before the first missing generator: later ones must not repeat them.
-            seen = {_question(row) for row in job.iter_rows()}
-            next_id = sum(done[i].part.rows for i in range(missing[0]))
-            for index in range(missing[0], plan["num_chunks"]):
-                attempt.raise_if_cancelled()
-                if index in done:  # committed after a chunk being redone: its questions and ids stand
-                    seen.update(_question(row) for row in job.chunk_rows(index))
-                    next_id += done[index].part.rows
-                    continue
-                rows, stats = _stimuli(config.generators[index], index, next_id, seen)
-                attempt.commit_chunk(index, rows_to_table(rows, ["stimulus_id"]), stats)
-                next_id += len(rows)
-                progress.update(100.0 * len(job.chunks()) / plan["num_chunks"])
-                logger.info("stim %s/%s: generator %d (%s) wrote %d stimuli", repo_name, target_name, index,
-                            config.generators[index].type, len(rows))
-
-        def _stimuli(generator, index: int, first_id: int, seen: set[str]) -> tuple[list[dict], dict]:
+        def stimuli(generator: Generator, index: int, first_id: int, seen: set[str]) -> tuple[list[dict], dict]:
             output = run_generator(
                 generator,
                 index=index,
@@ -101,18 +77,30 @@ def run_stim(
             }
             return rows, stats
 
+        def produce() -> None:
+            done = job.chunks()
+            missing = [i for i in range(plan["num_chunks"]) if i not in done]
+            if not missing:
+                return
+            # Questions committed before the first missing generator: later ones must not repeat them.
+            seen = {_question(row) for row in job.iter_rows()}
+            next_id = sum(done[i].part.rows for i in range(missing[0]))
+            for index in range(missing[0], plan["num_chunks"]):
+                attempt.raise_if_cancelled()
+                if index in done:  # committed after a chunk being redone: its questions and ids stand
+                    seen.update(_question(row) for row in job.chunk_rows(index))
+                    next_id += done[index].part.rows
+                    continue
+                rows, stats = stimuli(config.generators[index], index, next_id, seen)
+                attempt.commit_chunk(index, rows_to_table(rows, ["stimulus_id"]), stats)
+                next_id += len(rows)
+                progress.update(100.0 * len(job.chunks()) / plan["num_chunks"])
+                logger.info("stim %s/%s: generator %d (%s) wrote %d stimuli", repo_name, target_name, index,
+                            config.generators[index].type, len(rows))
+
         complete_repairing(attempt, plan["num_chunks"], produce, lambda: _summary(job.chunks(), progress.elapsed))
         progress.update(100.0)
         progress.summary(f"stim {repo_name}/{target_name}", job.status().summary)
-    except Exception as error:
-        attempt.fail(error_message(error))
-        raise
-    except BaseException:
-        attempt.release()  # interrupted (Ctrl-C, cancel): the next start resumes at once
-        raise
-    finally:
-        if own_engines:
-            engines.close()
     return job.status()
 
 

@@ -123,3 +123,56 @@ def _descendant(pid: int, ancestor: int) -> bool:
         except OSError:
             return False
     return False
+
+
+def _descendants(root: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != root and _descendant(int(entry), root):
+            found.add(int(entry))
+    return found
+
+
+def test_bakehouse_up_starts_everything_and_sigterm_leaves_no_orphans(tmp_path):
+    import subprocess
+    import sys
+
+    import httpx
+
+    port, prefect_port = free_port(), free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "BAKEHOUSE_LOG_DIR": str(tmp_path / "logs")}
+    env.pop("PREFECT_API_URL", None)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "bakehouse.cli", "up", "--port", str(port), "--prefect-port", str(prefect_port),
+         "--data", str(tmp_path / "data")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert up.poll() is None, up.stdout.read()
+            assert time.monotonic() < deadline, "the stack did not come up"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        deployments = httpx.post(f"http://127.0.0.1:{prefect_port}/api/deployments/filter", json={}, timeout=10).json()
+        assert {d["name"] for d in deployments} >= {"stim", "rollout", "rollout-shard", "target"}
+        children = _descendants(up.pid)
+        assert len(children) >= 3  # the Prefect server and a worker per pool (and their helpers)
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=90) is not None
+        time.sleep(1)
+        assert not [pid for pid in children if os.path.exists(f"/proc/{pid}") and _alive(pid)]
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

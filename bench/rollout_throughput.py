@@ -22,7 +22,7 @@ Part 2, memory (unless --skip-rss). For each size in --rss-sizes (trajectories =
 prints its peak RSS (getrusage ru_maxrss) before and after the rollout; the parent prints both
 peaks and their difference in MB (target: flat, within 300 MB).
 
-Defaults take about 5-8 minutes on 2 cores (mostly the 100k-trajectory child). Not a test: machines
+Defaults take about 3.5 minutes on 2 cores (2.5 of them the 100k-trajectory child). Not a test: machines
 are noisy, ratios measured in the same run are what to compare. OMP_NUM_THREADS defaults to 1.
 """
 
@@ -43,6 +43,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# In-process vLLM edits os.environ (LD_PRELOAD, LOCAL_WORLD_SIZE): RSS children get this copy instead.
+START_ENV = dict(os.environ)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -233,7 +235,7 @@ def memory(args: argparse.Namespace) -> None:
     for size in sizes:
         cmd = [sys.executable, __file__, "--rss-child", str(size), "--n", str(args.n),
                "--rss-max-tokens", str(args.rss_max_tokens)]  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=START_ENV)
         if done.returncode != 0:
             sys.exit(f"child for {size} failed ({done.returncode}):\n{done.stderr[-3000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])

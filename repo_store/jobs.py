@@ -6,7 +6,7 @@ A job (one stim or one rollout of one target) lives in one folder:
     claims/000003.json         create-if-absent; the highest generation owns the job
     heartbeats/000003.json     overwritten by that owner only; a claim is live while this is fresh
     failures/000003.json       the owner gave up: the job is `failed` with this error
-    parts/000012-g000003.parquet   chunk 12 as written by attempt 3 (attempt-scoped, never overwritten)
+    parts/000012-g000003-<uid>.parquet   chunk 12 as written by attempt 3 (a new name every write)
     chunks/000012.json         create-if-absent commit marker for chunk 12, pointing at its part
     manifest.json              create-if-absent commit point of the whole job: `complete`
     cancels/000003.json        someone asked attempt 3 to stop; it fails with "cancelled"
@@ -228,12 +228,6 @@ class Job:
         self.storage.create_json(self._path("plan.json"), plan)
         return self.plan() or plan
 
-    def delete(self) -> None:
-        self.storage.delete_tree(self.folder)
-        self._chunk_cache.clear()
-        self._manifest = None
-        self._plan = None
-
     # -- reading parts -------------------------------------------------------------------------
 
     def part_path(self, part: PartInfo) -> str:
@@ -321,8 +315,7 @@ class Attempt:
     def commit_chunk(self, index: int, table: pa.Table, stats: dict[str, Any] | None = None) -> ChunkRecord:
         """Write chunk `index` and commit it. If another attempt committed it first, theirs stands."""
         data, row_groups = write_part([table])
-        suffix = f"-{self.scope}" if self.scope else ""
-        part = PartInfo(path=f"parts/{index:06d}-g{self.gen:06d}{suffix}.parquet", rows=table.num_rows, bytes=len(data), row_groups=row_groups)
+        part = PartInfo(path=f"parts/{index:06d}-g{self.gen:06d}-{_unique()}.parquet", rows=table.num_rows, bytes=len(data), row_groups=row_groups)
         self.job.storage.write_bytes(self.job.part_path(part), data)
         record = {"index": index, "part": part.to_json(), "gen": self.gen, "stats": stats or {}}
         self.job.storage.create_json(self.job._path("chunks", f"{index:06d}.json"), record)
@@ -370,7 +363,7 @@ class Attempt:
     def _write_compacted(self, group: list[ChunkRecord]) -> PartInfo:
         data, row_groups = write_part(self.job.read_chunk_table(r.index) for r in group)
         part = PartInfo(
-            path=f"parts/compact-{group[0].index:06d}-g{self.gen:06d}.parquet",
+            path=f"parts/compact-{group[0].index:06d}-g{self.gen:06d}-{_unique()}.parquet",
             rows=sum(r.part.rows for r in group),
             bytes=len(data),
             row_groups=row_groups,
@@ -409,6 +402,12 @@ def _progress(chunks: dict[int, ChunkRecord], plan: dict[str, Any]) -> float | N
     if not num_chunks:
         return None
     return round(100.0 * len(chunks) / num_chunks, 2)
+
+
+def _unique() -> str:
+    """Part files are written once under a name never used before, so no reader's cache of a path
+    (parsed footers, sizes) can go stale, even when a damaged chunk is written again."""
+    return uuid.uuid4().hex[:8]
 
 
 def _pid_alive(pid: int) -> bool:

@@ -3,7 +3,10 @@
     workspaces/<ws>/repos/<repo>/repo.json
     workspaces/<ws>/repos/<repo>/prompts/<prompt>.json
     workspaces/<ws>/repos/<repo>/targets/<target>/target.json
-    workspaces/<ws>/repos/<repo>/targets/<target>/{stim,rollout}/   (see repo_store.jobs)
+    workspaces/<ws>/repos/<repo>/targets/<target>/jobs/<target_id>/{stim,rollout}/   (see repo_store.jobs)
+
+Each target gets a fresh random id when created, and its jobs live under it: a target deleted and
+created again never meets the old target's files or anything cached about them.
 
 Creating is create-if-absent: a new resource reports `created=True`; an identical one returns the
 stored copy with `created=False`; a different one raises Conflict. Nothing is ever overwritten.
@@ -11,6 +14,8 @@ stored copy with `created=False`; a different one raises Conflict. Nothing is ev
 
 from __future__ import annotations
 
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +38,7 @@ from repo_store.pages import FooterCache, Page, read_page
 from repo_store.storage import Storage
 
 DEFAULT_WORKSPACE = "default"
+MAX_CACHED_JOBS = 1024
 
 
 @dataclass(frozen=True)
@@ -41,9 +47,11 @@ class StoredTarget:
     template: str
     overrides: dict[str, Any] | None
     config: TargetConfig
+    target_id: str
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "target_id": self.target_id,
             "target_name": self.target_name,
             "template": self.template,
             "overrides": self.overrides,
@@ -53,7 +61,8 @@ class StoredTarget:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StoredTarget:
-        return cls(data["target_name"], data["template"], data.get("overrides"), TargetConfig.model_validate(data["config"]))
+        return cls(data["target_name"], data["template"], data.get("overrides"),
+                   TargetConfig.model_validate(data["config"]), data["target_id"])
 
 
 class Store:
@@ -63,7 +72,7 @@ class Store:
         self.storage = Storage(url)
         self.footers = FooterCache()
         self.keys = KeyStore(self.storage)
-        self._jobs: dict[str, Job] = {}
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
 
     @property
     def url(self) -> str:
@@ -77,10 +86,10 @@ class Store:
         key = f"{folder}/{kind}"
         if key not in self._jobs:
             self._jobs[key] = Job(self.storage, key, kind)
+            while len(self._jobs) > MAX_CACHED_JOBS:
+                self._jobs.popitem(last=False)
+        self._jobs.move_to_end(key)
         return self._jobs[key]
-
-    def forget_job(self, folder: str, kind: JobKind) -> None:
-        self._jobs.pop(f"{folder}/{kind}", None)
 
 
 class Workspace:
@@ -175,7 +184,7 @@ class Workspace:
     def create_target(self, repo_name: str, spec: TargetSpec) -> tuple[StoredTarget, bool]:
         self.get_repo(repo_name)
         overrides = TargetConfig._accept_u_v(spec.overrides) if spec.overrides else spec.overrides
-        target = StoredTarget(spec.target_name, spec.template, overrides, self.resolve(repo_name, spec))
+        target = StoredTarget(spec.target_name, spec.template, overrides, self.resolve(repo_name, spec), uuid.uuid4().hex[:16])
         content = target.to_json()
         data, created = self._create_immutable(
             self._target_folder(repo_name, spec.target_name) + "/target.json",
@@ -204,10 +213,8 @@ class Workspace:
             if self.job(repo_name, target_name, kind).status().status == "running":
                 raise InvalidInput(f"Target '{target_name}' has a running {kind} job; wait for it or cancel it first")
         folder = self._target_folder(repo_name, target_name)
-        # target.json last: a half-deleted target is still a target and can be deleted again.
-        for kind in ("stim", "rollout"):
-            self.job(repo_name, target_name, kind).delete()
-            self.store.forget_job(folder, kind)
+        # Jobs first, target.json last: a half-deleted target is still a target and can be deleted again.
+        self.storage.delete_tree(f"{folder}/jobs")
         self.storage.delete_tree(folder)
 
     def _target_folder(self, repo_name: str, target_name: str) -> str:
@@ -216,7 +223,9 @@ class Workspace:
     # -- jobs ----------------------------------------------------------------------------------
 
     def job(self, repo_name: str, target_name: str, kind: JobKind) -> Job:
-        return self.store.job(self._target_folder(repo_name, target_name), kind)
+        """The stim or rollout job of a target (NotFound when the target does not exist)."""
+        target = self.get_target(repo_name, target_name)
+        return self.store.job(f"{self._target_folder(repo_name, target_name)}/jobs/{target.target_id}", kind)
 
     def read_page(self, repo_name: str, target_name: str, kind: JobKind, *, offset: int = 0, limit: int = 100) -> Page:
         return read_page(self.job(repo_name, target_name, kind), offset=offset, limit=limit, footers=self.store.footers)

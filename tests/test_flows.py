@@ -296,3 +296,18 @@ def test_storage_outage_fails_the_job_clearly_then_it_resumes(store, monkeypatch
     again = CountingEngines()
     assert run_rollout(ws, "r", "t", engines=again).status == "complete"
     assert again.requests == 30
+
+
+def test_a_target_deleted_and_created_again_never_sees_the_old_output(store):
+    ws = store.workspace()
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(5, "old")}])
+    run_stim(ws, "r", "t", engines=CountingEngines())
+    assert ws.read_page("r", "t", "stim", offset=0, limit=10).rows[0]["conditioned_stimulus"]["messages"][-1]["content"] == "old 0?"
+    ws.delete_target("r", "t")
+    ws.create_target("r", TargetSpec(target_name="t", overrides={
+        "teacher_prompt": "teacher", "student_prompt": "student", "model_name": "fake",
+        "generators": [{"type": "hardcoded", "questions": questions(3, "new")}]}))
+    assert ws.job("r", "t", "stim").status().status == "not_started"
+    run_stim(ws, "r", "t", engines=CountingEngines())
+    rows = ws.read_page("r", "t", "stim", offset=0, limit=10).rows  # same Store: its caches too
+    assert [r["conditioned_stimulus"]["messages"][-1]["content"] for r in rows] == questions(3, "new")

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from repo_store import Store, rows_to_table
+from repo_store.pages import read_page
 from targets import Conflict, InvalidInput, NotFound, PromptSpec, RepoSpec, TargetSpec, ValidationFailed
 
 
@@ -100,10 +101,23 @@ def test_delete_target_refuses_while_running_then_deletes(store):
     attempt.release()
     ws.delete_target("r", "t")
     assert ws.list_targets("r") == []
+    with pytest.raises(NotFound):
+        ws.job("r", "t", "stim")
+    # Created again (even with the same name): a new target whose jobs never ran.
+    make_target(ws)
     assert ws.job("r", "t", "stim").status().status == "not_started"
 
 
 # -- job protocol --------------------------------------------------------------------------------
+
+
+def protocol_job(store, name="t"):
+    """A job folder on its own: the protocol needs no target around it."""
+    return store.job(store.storage.path("protocol", name), "rollout")
+
+
+def page(store, job, **kwargs):
+    return read_page(job, footers=store.footers, **kwargs)
 
 
 def chunk_table(index: int, rows_per_chunk: int):
@@ -114,7 +128,7 @@ def chunk_table(index: int, rows_per_chunk: int):
 
 
 def test_job_lifecycle(store):
-    job = store.workspace().job("r", "t", "rollout")
+    job = protocol_job(store)
     assert job.status().status == "not_started"
     attempt = job.claim("me")
     assert attempt is not None and attempt.gen == 1
@@ -132,7 +146,7 @@ def test_job_lifecycle(store):
 
 
 def test_failed_job_reports_error_and_resumes_keeping_chunks(store):
-    job = store.workspace().job("r", "t", "rollout")
+    job = protocol_job(store)
     first = job.claim("a")
     job.create_plan({"num_chunks": 3})
     first.commit_chunk(0, chunk_table(0, 5))
@@ -145,13 +159,12 @@ def test_failed_job_reports_error_and_resumes_keeping_chunks(store):
     for index in (1, 2):
         second.commit_chunk(index, chunk_table(index, 5))
     second.complete(3)
-    page = store.workspace().read_page("r", "t", "rollout", offset=0, limit=1000)
-    assert [r["stimulus_id"] for r in page.rows] == list(range(15))
+    assert [r["stimulus_id"] for r in page(store, job, offset=0, limit=1000).rows] == list(range(15))
 
 
 def test_crashed_attempt_parts_are_invisible_and_lease_expiry_frees_the_job(store, monkeypatch):
     monkeypatch.setenv("BAKEHOUSE_LEASE_SECONDS", "0.5")
-    job = store.workspace().job("r", "t", "rollout")
+    job = protocol_job(store)
     crashed = job.claim("a")
     job.create_plan({"num_chunks": 2})
     crashed.commit_chunk(0, chunk_table(0, 4))
@@ -169,12 +182,12 @@ def test_crashed_attempt_parts_are_invisible_and_lease_expiry_frees_the_job(stor
     assert resumed is not None and resumed.gen == 2
     resumed.commit_chunk(1, chunk_table(1, 4))
     resumed.complete(2)
-    rows = store.workspace().read_page("r", "t", "rollout", offset=0, limit=100).rows
+    rows = page(store, job, offset=0, limit=100).rows
     assert [r["stimulus_id"] for r in rows] == list(range(8))
 
 
 def test_two_attempts_committing_one_chunk_keep_the_first(store):
-    job = store.workspace().job("r", "t", "rollout")
+    job = protocol_job(store)
     first = job.claim("a")
     job.create_plan({"num_chunks": 1})
     first.release()
@@ -187,19 +200,19 @@ def test_two_attempts_committing_one_chunk_keep_the_first(store):
 
 
 def test_running_view_is_the_unbroken_prefix(store):
-    job = store.workspace().job("r", "t", "rollout")
+    job = protocol_job(store)
     attempt = job.claim("a")
     job.create_plan({"num_chunks": 3})
     attempt.commit_chunk(1, chunk_table(1, 5))  # a later shard finished first
     assert job.status().lines == 0 and job.status().progress_percent == 33.33
     attempt.commit_chunk(0, chunk_table(0, 5))
     assert job.status().lines == 10
-    page = store.workspace().read_page("r", "t", "rollout", offset=5, limit=10)
-    assert [r["stimulus_id"] for r in page.rows] == list(range(5, 10)) and not page.has_more
+    result = page(store, job, offset=5, limit=10)
+    assert [r["stimulus_id"] for r in result.rows] == list(range(5, 10)) and not result.has_more
 
 
 def test_complete_refuses_missing_chunks(store):
-    job = store.workspace().job("r", "t", "rollout")
+    job = protocol_job(store)
     attempt = job.claim("a")
     attempt.commit_chunk(0, chunk_table(0, 2))
     with pytest.raises(RuntimeError, match=r"chunks \[1\]"):
@@ -212,7 +225,7 @@ def test_complete_refuses_missing_chunks(store):
 
 def test_eight_threads_claim_one_job_one_wins(store):
     for round_ in range(5):
-        job = store.workspace().job("r", f"race{round_}", "stim")
+        job = protocol_job(store, f"race{round_}")
         barrier = threading.Barrier(8)
         winners = []
 
@@ -234,7 +247,7 @@ def test_eight_threads_claim_one_job_one_wins(store):
 def _claim_in_process(url, start, result):
     store = Store(url)
     start.wait()
-    attempt = store.workspace().job("r", "t", "stim").claim("process")
+    attempt = protocol_job(store).claim("process")
     result.put(attempt is not None)
     if attempt is not None:
         attempt.complete(0)  # leave it finished so the other process's exit changes nothing
@@ -260,7 +273,7 @@ def test_two_processes_claim_one_job_one_wins(data_url):
 def paged_job(store, monkeypatch):
     """2,345 rows in chunks of 300, compacted into parts of 1,000 rows (row groups of 1,000)."""
     monkeypatch.setattr("repo_store.jobs.COMPACTED_PART_ROWS", 1000)
-    job = store.workspace().job("r", "paged", "rollout")
+    job = protocol_job(store, "paged")
     attempt = job.claim("a")
     sizes = [300] * 7 + [245]
     start = 0
@@ -273,7 +286,7 @@ def paged_job(store, monkeypatch):
 
 
 def test_compaction_layout(paged_job):
-    parts = paged_job.workspace().job("r", "paged", "rollout").committed_parts()
+    parts = protocol_job(paged_job, "paged").committed_parts()
     assert [p.rows for p in parts] == [1200, 1145]
     assert parts[0].row_groups == [1000, 200]
 
@@ -283,27 +296,27 @@ def test_compaction_layout(paged_job):
     [(0, 1), (0, 1000), (999, 2), (1000, 1000), (1199, 1), (1200, 5), (1150, 100), (2344, 1), (2300, 1000), (2345, 10), (5000, 10)],
 )
 def test_pages_at_every_boundary(paged_job, offset, limit):
-    page = paged_job.workspace().read_page("r", "paged", "rollout", offset=offset, limit=limit)
+    result = page(paged_job, protocol_job(paged_job, "paged"), offset=offset, limit=limit)
     expected = list(range(offset, min(offset + limit, 2345)))
-    assert [r["stimulus_id"] for r in page.rows] == expected
-    assert page.lines == 2345
-    assert page.has_more == (offset + limit < 2345)
+    assert [r["stimulus_id"] for r in result.rows] == expected
+    assert result.lines == 2345
+    assert result.has_more == (offset + limit < 2345)
 
 
 def test_page_limits_are_checked(paged_job):
-    ws = paged_job.workspace()
+    job = protocol_job(paged_job, "paged")
     for kwargs in ({"offset": -1, "limit": 10}, {"offset": 0, "limit": 0}, {"offset": 0, "limit": 1001}):
         with pytest.raises(ValueError):
-            ws.read_page("r", "paged", "rollout", **kwargs)
+            page(paged_job, job, **kwargs)
 
 
 def test_walking_all_pages_yields_every_row_once(paged_job):
-    ws = paged_job.workspace()
+    job = protocol_job(paged_job, "paged")
     seen, offset = [], 0
     while True:
-        page = ws.read_page("r", "paged", "rollout", offset=offset, limit=333)
-        seen += [r["stimulus_id"] for r in page.rows]
+        result = page(paged_job, job, offset=offset, limit=333)
+        seen += [r["stimulus_id"] for r in result.rows]
         offset += 333
-        if not page.has_more:
+        if not result.has_more:
             break
     assert seen == list(range(2345))

@@ -57,8 +57,7 @@ def run_stim(
                 default_model=config.model_name or repo.base_model,
                 read_template=read_text,
             )
-            fresh = [q for q in output.questions if q not in seen]
-            seen.update(fresh)
+            fresh = list(dict.fromkeys(q for q in output.questions if q not in seen))
             rows = [
                 {
                     **render_stimulus(q, teacher=teacher, student=student,
@@ -91,9 +90,11 @@ def run_stim(
                     seen.update(_question(row) for row in job.chunk_rows(index))
                     next_id += done[index].part.rows
                     continue
-                rows, stats = stimuli(config.generators[index], index, next_id, seen)
-                attempt.commit_chunk(index, rows_to_table(rows, ["stimulus_id"]), stats)
-                next_id += len(rows)
+                rows, stats = stimuli(config.generators[index], index, next_id, set(seen))
+                record = attempt.commit_chunk(index, rows_to_table(rows, ["stimulus_id"]), stats)
+                committed = rows if record.token == attempt.token else job.chunk_rows(index)
+                seen.update(_question(row) for row in committed)  # the winner's rows, if not ours
+                next_id += len(committed)
                 progress.update(100.0 * len(job.chunks()) / plan["num_chunks"])
                 logger.info("stim %s/%s: generator %d (%s) wrote %d stimuli", repo_name, target_name, index,
                             config.generators[index].type, len(rows))

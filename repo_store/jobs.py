@@ -15,7 +15,8 @@ A job (one stim or one rollout of one target) lives in one folder:
 
 Resuming is the normal path: a new attempt claims the next generation, skips every chunk that has a
 marker, and does the rest. A crashed attempt's parts without a marker are never read. Two attempts
-racing on one chunk is harmless: the first marker wins and both wrote the same deterministic rows.
+racing on one chunk (a lease that ran out under a slow owner) is harmless: the first marker wins,
+the other attempt continues from the winner's rows, and only the newest attempt may complete.
 At completion the chunk parts are compacted into large parts (full row groups) so pages of a finished
 job cost one ranged read.
 """
@@ -68,10 +69,12 @@ class ChunkRecord:
     part: PartInfo
     gen: int
     stats: dict[str, Any]
+    token: str = ""  # the committing attempt's token: tells an attempt whether its commit won
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ChunkRecord:
-        return cls(index=data["index"], part=PartInfo.from_json(data["part"]), gen=data["gen"], stats=data.get("stats", {}))
+        return cls(index=data["index"], part=PartInfo.from_json(data["part"]), gen=data["gen"],
+                   stats=data.get("stats", {}), token=data.get("token", ""))
 
 
 class Job:
@@ -263,6 +266,10 @@ class Cancelled(Exception):
     """The attempt was asked to stop (`Job.request_cancel`)."""
 
 
+class Superseded(Exception):
+    """A newer attempt owns the job (this one's lease ran out while it was still working)."""
+
+
 class DamagedChunks(Exception):
     """Committed chunks whose parts are missing, truncated or corrupt; they must be generated again."""
 
@@ -313,16 +320,21 @@ class Attempt:
         self._stop_beating.set()
 
     def commit_chunk(self, index: int, table: pa.Table, stats: dict[str, Any] | None = None) -> ChunkRecord:
-        """Write chunk `index` and commit it. If another attempt committed it first, theirs stands."""
+        """Write chunk `index` and commit it; returns the committed record. If another attempt
+        committed it first, theirs stands (`record.token != attempt.token`): callers that derive
+        later chunks from this one must continue from the committed rows, not their own."""
         data, row_groups = write_part([table])
         part = PartInfo(path=f"parts/{index:06d}-g{self.gen:06d}-{_unique()}.parquet", rows=table.num_rows, bytes=len(data), row_groups=row_groups)
         self.job.storage.write_bytes(self.job.part_path(part), data)
-        record = {"index": index, "part": part.to_json(), "gen": self.gen, "stats": stats or {}}
+        record = {"index": index, "part": part.to_json(), "gen": self.gen, "token": self.token, "stats": stats or {}}
         self.job.storage.create_json(self.job._path("chunks", f"{index:06d}.json"), record)
         return self.job.chunks()[index]
 
     def complete(self, num_chunks: int, summary: dict[str, Any] | None = None) -> dict[str, Any]:
         """Compact every chunk into large parts and create the manifest (the job's commit point)."""
+        latest = self.job._latest_claim(self.scope)
+        if latest is None or latest[0] != self.gen:
+            raise Superseded(f"attempt {self.gen} was superseded by attempt {latest and latest[0]}; it stops")
         chunks = self.job.chunks()
         missing = [i for i in range(num_chunks) if i not in chunks]
         if missing:

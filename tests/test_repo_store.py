@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from repo_store import Store, rows_to_table
+from repo_store import Store, Superseded, rows_to_table
 from repo_store.pages import read_page
 from targets import Conflict, InvalidInput, NotFound, PromptSpec, RepoSpec, TargetSpec, ValidationFailed
 
@@ -193,8 +193,10 @@ def test_two_attempts_committing_one_chunk_keep_the_first(store):
     first.release()
     second = job.claim("b")
     first.commit_chunk(0, chunk_table(0, 3))
-    record = second.commit_chunk(0, chunk_table(0, 3))
-    assert record.gen == 1
+    record = second.commit_chunk(0, chunk_table(0, 4))
+    assert record.gen == 1 and record.token == first.token != second.token and record.part.rows == 3
+    with pytest.raises(Superseded):
+        first.complete(1)  # only the newest attempt may publish
     second.complete(1)
     assert job.status().lines == 3
 

@@ -22,7 +22,7 @@ from targets.templates import (
     prompt_text,
 )
 
-from flows.engines import ChatRequest, Engine, Sampling
+from flows.engines import ChatRequest, Engine, EngineError, Sampling
 
 QUESTIONS_PER_REQUEST = 25  # a model lists 25 questions reliably; more per request drifts
 MAX_ROUNDS = 6
@@ -98,6 +98,8 @@ def _ask_until(engine, generator, wanted, seed, prompts_for, parse, *, default_m
         ]
         replies = {r.key: r for r in engine.generate(requests)}
         output.rounds += 1
+        if replies and all(reply.error for reply in replies.values()):
+            raise EngineError(f"{generator.type}: every request to the model failed, e.g.: {next(iter(replies.values())).error}")
         for key in sorted(replies):  # request order, so the result does not depend on timing
             reply = replies[key]
             if reply.error:

@@ -24,7 +24,7 @@ from repo_store import Attempt, Job, JobStatus, Store, Workspace, rows_to_table
 from targets import InvalidInput, TargetConfig, derive_seed
 from targets.render import rollout_context
 
-from flows.engines import ChatRequest, ChatResult, Engine, Sampling
+from flows.engines import ChatRequest, ChatResult, Engine, EngineError, Sampling
 from flows.params import TargetJob
 from flows.runtime import Engines, Progress, complete_repairing, logger, running
 
@@ -201,9 +201,14 @@ def _generate(
         chunk = result.key // size
         pending.setdefault(chunk, {})[result.key] = (stimulus_rows.pop(result.key), result)
         if len(pending[chunk]) == min(size, stimuli - chunk * size):
-            rows = _trajectory_rows(pending.pop(chunk), config, counters)
+            results = pending.pop(chunk)
+            errors = [r.error for _, r in results.values() if r.error]
+            if len(errors) == len(results):
+                # The engine is down or refuses these settings: fail (and resume later) rather than
+                # publish a chunk of nothing but errors.
+                raise EngineError(f"every request of chunk {chunk} failed, e.g.: {errors[0]}")
+            rows = _trajectory_rows(results, config, counters)
             attempt.commit_chunk(chunk, rows_to_table(rows, ["stimulus_id", "trajectory_id"]))
-            done.add(chunk)
             progress.update(100.0 * len(job.chunks()) / num_chunks)
             attempt.raise_if_cancelled()
 

@@ -311,3 +311,14 @@ def test_a_target_deleted_and_created_again_never_sees_the_old_output(store):
     run_stim(ws, "r", "t", engines=CountingEngines())
     rows = ws.read_page("r", "t", "stim", offset=0, limit=10).rows  # same Store: its caches too
     assert [r["conditioned_stimulus"]["messages"][-1]["content"] for r in rows] == questions(3, "new")
+
+
+def test_an_engine_that_fails_everything_fails_the_job_instead_of_publishing_errors(store):
+    ws = store.workspace()
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(12)}])
+    run_stim(ws, "r", "t", engines=CountingEngines())
+    with pytest.raises(Exception, match="every request of chunk 0 failed"):
+        run_rollout(ws, "r", "t", engines=CountingEngines(fail_keys=range(12)), chunk_size=6)
+    status = ws.job("r", "t", "rollout").status()
+    assert status.status == "failed" and "simulated failure" in status.error and status.lines == 0
+    assert run_rollout(ws, "r", "t", engines=CountingEngines()).status == "complete"  # engine back: resumes

@@ -10,7 +10,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from repo_store.datasets import dataset_url, read_questions
 from targets import Generator, PromptSpec, derive_seed
 from targets.personas import PERSONAS
 from targets.templates import (
@@ -45,13 +44,14 @@ def run_generator(
     engine_for: Callable[[str], Engine],
     default_model: str,
     read_template: Callable[[str], str],
+    read_dataset: Callable[[str, str | None], list[str]],
 ) -> GeneratorOutput:
     seed = derive_seed(target_seed, "generator", index, generator.seed if generator.seed is not None else "")
     wanted = generator.count
     if generator.type == "hardcoded":
         return GeneratorOutput(_distinct(generator.questions or [])[:wanted], wanted)
     if generator.type == "from_dataset":
-        return _from_dataset(generator, wanted, seed)
+        return _from_dataset(generator, wanted, seed, read_dataset)
     model = generator.model or default_model
     engine = engine_for(model)
     if generator.type == "oneshot_qs":
@@ -71,9 +71,9 @@ def run_generator(
     return _ask_until(engine, generator, wanted, seed, prompts, single, default_max_tokens=128)
 
 
-def _from_dataset(generator: Generator, wanted: int, seed: int) -> GeneratorOutput:
+def _from_dataset(generator: Generator, wanted: int, seed: int, read_dataset) -> GeneratorOutput:
     assert generator.dataset is not None
-    pool = _distinct(read_questions(dataset_url(generator.dataset), generator.column))
+    pool = _distinct(read_dataset(generator.dataset, generator.column))
     output = GeneratorOutput(random.Random(seed).sample(pool, min(wanted, len(pool))), wanted)
     if len(pool) < wanted:
         output.notes.append(f"dataset has {len(pool)} distinct questions; numq was {wanted}")

@@ -13,7 +13,6 @@ from typing import Any
 from prefect import flow
 
 from repo_store import JobStatus, Store, Workspace, rows_to_table
-from repo_store.datasets import read_text
 from targets import Generator, InvalidInput, render_stimulus
 
 from flows.generators import run_generator
@@ -55,7 +54,8 @@ def run_stim(
                 target_seed=config.seed,
                 engine_for=engines,
                 default_model=config.model_name or repo.base_model,
-                read_template=read_text,
+                read_template=workspace.read_template,
+                read_dataset=workspace.read_dataset_questions,
             )
             fresh = list(dict.fromkeys(q for q in output.questions if q not in seen))
             rows = [

@@ -1,8 +1,14 @@
-"""Question sources read from files a user points at (any fsspec URL): Parquet, JSONL/JSON or CSV."""
+"""Files users point their generators at: datasets (Parquet, JSONL/JSON, CSV) and question templates.
+
+Such a path is chosen by whoever holds a write key, and read with the worker's credentials, so it is
+checked first: never inside bakehouse's own storage (another workspace's data lives there), and, when
+BAKEHOUSE_SOURCE_ROOTS is set (comma-separated URL or folder prefixes), only under one of those.
+"""
 
 from __future__ import annotations
 
 import os
+import posixpath
 
 import fsspec
 import polars as pl
@@ -21,6 +27,26 @@ NAMED_DATASET_COLUMNS = {
     "math_problems": "problem",
 }
 QUESTION_COLUMNS = ("question", "prompt", "text", "input", "query", "instruction")
+
+
+def check_source(url: str, data_url: str) -> str:
+    """`url` if users may read it, else InvalidInput saying why."""
+    location = _normalise(url)
+    if location.startswith(_normalise(data_url).rstrip("/") + "/"):
+        raise InvalidInput(f"{url}: files inside bakehouse's own storage cannot be used as a source")
+    roots = [r.strip() for r in os.environ.get("BAKEHOUSE_SOURCE_ROOTS", "").split(",") if r.strip()]
+    if roots and not any(location.startswith(_normalise(root).rstrip("/") + "/") for root in roots):
+        raise InvalidInput(f"{url}: sources must be under one of BAKEHOUSE_SOURCE_ROOTS ({', '.join(roots)})")
+    return url
+
+
+def _normalise(url: str) -> str:
+    protocol, _, rest = url.partition("://")
+    if not rest:  # a local path: resolve `..` and links so it cannot sneak out of a root
+        return "file://" + os.path.realpath(url)
+    if protocol in ("file", "local"):
+        return "file://" + os.path.realpath(rest)
+    return f"{protocol}://{posixpath.normpath(rest)}"
 
 
 def read_questions(url: str, column: str | None = None) -> list[str]:

@@ -46,6 +46,10 @@ class Storage:
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
+    def url_for(self, path: str) -> str:
+        """A full URL (scheme included) for one of this storage's paths."""
+        return path if self.is_local else f"{self.protocol}://{path}"
+
     # -- reads ---------------------------------------------------------------------------------
 
     def read_bytes(self, path: str) -> bytes | None:

@@ -32,6 +32,7 @@ from targets import (
     validate_name,
 )
 
+from repo_store.datasets import check_source, dataset_url, read_questions, read_text
 from repo_store.jobs import Job, JobKind
 from repo_store.keys import KeyStore
 from repo_store.pages import FooterCache, Page, read_page
@@ -219,6 +220,14 @@ class Workspace:
 
     def _target_folder(self, repo_name: str, target_name: str) -> str:
         return self._path(validate_name(repo_name, "repo_name"), "targets", validate_name(target_name, "target_name"))
+
+    # -- files users point generators at -----------------------------------------------------
+
+    def read_dataset_questions(self, dataset: str, column: str | None) -> list[str]:
+        return read_questions(check_source(dataset_url(dataset), self.storage.url), column)
+
+    def read_template(self, url: str) -> str:
+        return read_text(check_source(url, self.storage.url))
 
     # -- jobs ----------------------------------------------------------------------------------
 

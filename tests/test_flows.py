@@ -322,3 +322,23 @@ def test_an_engine_that_fails_everything_fails_the_job_instead_of_publishing_err
     status = ws.job("r", "t", "rollout").status()
     assert status.status == "failed" and "simulated failure" in status.error and status.lines == 0
     assert run_rollout(ws, "r", "t", engines=CountingEngines()).status == "complete"  # engine back: resumes
+
+
+def test_sources_inside_bakehouse_storage_or_outside_allowed_roots_are_refused(store, tmp_path, monkeypatch):
+    ws = store.workspace()
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(3)}])
+    run_stim(ws, "r", "t", engines=CountingEngines())
+    stolen = ws.job("r", "t", "stim").committed_parts()[0]
+    inside = store.storage.url_for(ws.job("r", "t", "stim").part_path(stolen))  # another target's output
+    setup_target(ws, [{"type": "from_dataset", "dataset": inside, "column": "row", "numq": 1}], name="thief")
+    with pytest.raises(InvalidInput, match="inside bakehouse's own storage"):
+        run_stim(ws, "r", "thief", engines=CountingEngines())
+    outside = tmp_path / "q.csv"
+    outside.write_text("question\nfrom outside?\n")
+    monkeypatch.setenv("BAKEHOUSE_SOURCE_ROOTS", str(tmp_path / "allowed"))
+    setup_target(ws, [{"type": "from_dataset", "dataset": str(outside), "numq": 1}], name="elsewhere")
+    with pytest.raises(InvalidInput, match="BAKEHOUSE_SOURCE_ROOTS"):
+        run_stim(ws, "r", "elsewhere", engines=CountingEngines())
+    monkeypatch.setenv("BAKEHOUSE_SOURCE_ROOTS", str(tmp_path))
+    setup_target(ws, [{"type": "from_dataset", "dataset": str(outside), "numq": 1}], name="allowed")
+    assert run_stim(ws, "r", "allowed", engines=CountingEngines()).lines == 1

@@ -92,6 +92,8 @@ class Progress:
             self._artifact_id = create_progress_artifact(progress=percent, key=self.key, description="Job progress")
         elif percent >= 100.0 or now - self._last_sent > 2.0:  # the UI needs no more than this
             update_progress_artifact(self._artifact_id, progress=percent)
+        else:
+            return
         self._last_sent = now
 
     def summary(self, title: str, values: dict[str, Any]) -> None:

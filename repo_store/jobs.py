@@ -164,18 +164,26 @@ class Job:
         return None if latest is None else self._claim_alive(latest[0], latest[1], scope)
 
     def status(self) -> JobStatus:
-        manifest = self.manifest()
         plan = self.plan() or {}
         total = plan.get("total_expected")
-        if manifest is not None:
-            return JobStatus(
-                "complete",
-                lines=manifest["lines"],
-                total_expected=total,
-                progress_percent=100.0,
-                attempt=manifest.get("gen"),
-                summary=manifest.get("summary", {}),
-            )
+        manifest = self.manifest()
+        if manifest is None:
+            status = self._unfinished_status(plan, total)
+            # The owner may have published the manifest and exited between our reads: look once
+            # more before calling a finished job failed.
+            manifest = self.manifest()
+            if manifest is None:
+                return status
+        return JobStatus(
+            "complete",
+            lines=manifest["lines"],
+            total_expected=total,
+            progress_percent=100.0,
+            attempt=manifest.get("gen"),
+            summary=manifest.get("summary", {}),
+        )
+
+    def _unfinished_status(self, plan: dict[str, Any], total: int | None) -> JobStatus:
         latest = self._latest_claim()
         if latest is None:
             return JobStatus("not_started", total_expected=total)
@@ -318,6 +326,9 @@ class Attempt:
 
     def _stop(self) -> None:
         self._stop_beating.set()
+        # Wait out a beat in flight, so it cannot land after (and undo) a `released` heartbeat.
+        if self._beater is not None and self._beater is not threading.current_thread():
+            self._beater.join()
 
     def commit_chunk(self, index: int, table: pa.Table, stats: dict[str, Any] | None = None) -> ChunkRecord:
         """Write chunk `index` and commit it; returns the committed record. If another attempt

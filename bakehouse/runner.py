@@ -8,9 +8,11 @@ the runner only avoids starting a second process for a job whose first has not c
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 from repo_store import JobStatus
@@ -28,10 +30,16 @@ class JobRef:
 class Submission:
     process: subprocess.Popen
     attempt_before: int | None  # the job's attempt number when we submitted
+    at: float
 
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
+
+
+def start_timeout() -> float:
+    """How long a started worker may take to claim its job before it is called failed."""
+    return float(os.environ.get("BAKEHOUSE_START_TIMEOUT", "900"))
 
 
 class LocalRunner:
@@ -43,6 +51,7 @@ class LocalRunner:
 
     def submit(self, ref: JobRef, status: JobStatus) -> None:
         with self._lock:
+            self._reap()
             current = self._submissions.get(ref)
             if current is not None and current.alive and not _claimed_since(current, status):
                 return  # already on its way
@@ -51,26 +60,46 @@ class LocalRunner:
                 "--workspace", ref.workspace, "--repo", ref.repo_name, "--target", ref.target_name,
                 "--data", self.data_url,
             ]
-            self._submissions[ref] = Submission(subprocess.Popen(command, stdin=subprocess.DEVNULL), status.attempt)
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+            self._submissions[ref] = Submission(process, status.attempt, time.monotonic())
             self.started += 1
 
     def view(self, ref: JobRef, status: JobStatus) -> JobStatus:
         """The job's status as a client should see it, given what this runner has started.
 
         Between a start and the worker's claim, storage still shows the previous attempt (or
-        nothing); the job is queued, so it reads `not_started`. A worker that died before claiming
-        is reported as a failure instead of leaving the client polling forever.
+        nothing); the job is queued, so it reads `not_started`. A worker that died, or did not claim
+        its job in time, is reported as a failure instead of leaving the client polling forever.
         """
-        submission = self._submissions.get(ref)
-        if submission is None or _claimed_since(submission, status) or status.status in ("running", "complete"):
+        with self._lock:
+            self._reap()
+            submission = self._submissions.get(ref)
+            if submission is None or _claimed_since(submission, status) or status.status in ("running", "complete"):
+                return status
+            if submission.alive and time.monotonic() - submission.at > start_timeout():
+                submission.process.kill()
+                submission.process.wait()
+            if submission.alive:
+                return JobStatus("not_started", status.lines, status.total_expected, status.progress_percent, None, status.attempt)
+            code = submission.process.returncode
+            if code != 0:
+                error = f"the worker exited with code {code} before starting the job; see the server log"
+                return JobStatus("failed", status.lines, status.total_expected, status.progress_percent, error, status.attempt)
             return status
-        if submission.alive:
-            return JobStatus("not_started", status.lines, status.total_expected, status.progress_percent, None, status.attempt)
-        code = submission.process.returncode
-        if code != 0 and status.attempt == submission.attempt_before:
-            error = f"the worker exited with code {code} before starting the job; see the server log"
-            return JobStatus("failed", status.lines, status.total_expected, status.progress_percent, error, status.attempt)
-        return status
+
+    def cancel(self, ref: JobRef) -> None:
+        """Stop a worker that has not claimed its job yet (one that has sees the cancel request)."""
+        with self._lock:
+            submission = self._submissions.pop(ref, None)
+            if submission is not None and submission.alive:
+                submission.process.terminate()
+
+    def _reap(self) -> None:
+        """Forget workers that exited cleanly (collecting their exit status: no zombies). Failed
+        ones stay until the job is started again, so `view` can say what happened."""
+        for ref, submission in list(self._submissions.items()):
+            if not submission.alive and submission.process.returncode == 0:
+                del self._submissions[ref]
 
     def close(self) -> None:
         """Stop workers still running (their jobs resume on the next start)."""
@@ -133,6 +162,18 @@ class PrefectRunner:
             return JobStatus("not_started", status.lines, status.total_expected, status.progress_percent, None, status.attempt)
         error = f"the flow run ended {state} before starting the job; see it in the Prefect UI"
         return JobStatus("failed", status.lines, status.total_expected, status.progress_percent, error, status.attempt)
+
+    def cancel(self, ref: JobRef) -> None:
+        """Cancel the job's flow run in Prefect too (the UI shows it; a queued run never starts)."""
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelling
+
+        from flows.deployments import FINAL_STATES, flow_run_state
+
+        run = self._runs.get(ref)
+        if run is not None and flow_run_state(run[0]) not in FINAL_STATES:
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(run[0], Cancelling(), force=True)
 
     def close(self) -> None:
         """Flow runs belong to Prefect and outlive the API."""

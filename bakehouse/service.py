@@ -18,6 +18,8 @@ class Runner(Protocol):
 
     def view(self, ref: JobRef, status: JobStatus) -> JobStatus: ...
 
+    def cancel(self, ref: JobRef) -> None: ...
+
 
 class Service:
     def __init__(self, workspace: Workspace, runner: Runner):
@@ -64,9 +66,14 @@ class Service:
 
     def job_status(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any]]:
         target = self.ws.get_target(repo_name, target_name)
-        status = self.ws.job(repo_name, target_name, kind).status()
+        job, ref = self.ws.job(repo_name, target_name, kind), self._ref(repo_name, target_name, kind)
+        status = job.status()
+        viewed = self.runner.view(ref, status)
+        if viewed.status == "failed" and status.status != "failed":
+            # The runner saw its run end after we read storage: the run may have finished the job.
+            viewed = self.runner.view(ref, job.status())
         config = target.config.stim_part() if kind == "stim" else target.config.rollout_part()
-        return self.runner.view(self._ref(repo_name, target_name, kind), status), config
+        return viewed, config
 
     def start_job(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any]]:
         """Start (or resume) a job. Repeating it while the job runs or after it completed changes nothing."""
@@ -85,8 +92,8 @@ class Service:
 
     def cancel_job(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any]]:
         """Ask the running attempt to stop; it keeps its committed rows and a later start resumes."""
-        self.ws.get_target(repo_name, target_name)
         self.ws.job(repo_name, target_name, kind).request_cancel()
+        self.runner.cancel(self._ref(repo_name, target_name, kind))
         return self.job_status(repo_name, target_name, kind)
 
     def read_output(self, repo_name: str, target_name: str, kind: str, offset: int, limit: int):

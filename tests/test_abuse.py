@@ -5,23 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 
 import pytest
 from fastapi.testclient import TestClient
 
 from bakehouse.api import create_app
+from runners import RecordingRunner
 from repo_store import JobStatus, Store
-
-
-class RecordingRunner:
-    def __init__(self):
-        self.submitted = []
-
-    def submit(self, ref, status: JobStatus) -> None:
-        self.submitted.append(ref)
-
-    def view(self, ref, status: JobStatus) -> JobStatus:
-        return status
 
 
 @pytest.fixture
@@ -129,3 +120,32 @@ def test_other_workspaces_cannot_infer_existence(api):
         assert existing.json()["message"] == missing.json()["message"].replace("no-such-repo", "r")
     assert client.get("/v1/repo").json() == {"repos": []}
     assert client.post("/v1/repo/r/targets/t/stim").status_code == 404
+
+
+def test_cancel_marks_the_job_and_tells_the_runner(api):
+    client = api["client"]
+    client.post("/v1/repo/r/targets", json={"target_name": "t", "template": "default", "overrides": TARGET})
+    client.post("/v1/repo/r/targets/t/stim")
+    response = client.post("/v1/repo/r/targets/t/stim/cancel")
+    assert response.status_code == 200 and response.json()["status"] in ("not_started", "failed")
+    assert [ref.kind for ref in api["runner"].cancelled] == ["stim"]
+
+
+def test_local_runner_gives_up_on_a_worker_that_never_claims(tmp_path, monkeypatch):
+    from bakehouse.runner import JobRef, LocalRunner
+
+    monkeypatch.setenv("BAKEHOUSE_START_TIMEOUT", "0.2")
+    runner = LocalRunner(str(tmp_path))
+    ref = JobRef("default", "r", "t", "stim")
+    idle = JobStatus("not_started")
+    runner.submit(ref, idle)
+    runner.submit(ref, idle)
+    assert runner.started == 1  # the second start joined the first
+    time.sleep(0.5)
+    viewed = runner.view(ref, idle)
+    assert viewed.status == "failed" and "before starting the job" in viewed.error
+    runner.submit(ref, idle)  # a new start replaces the failed one
+    assert runner.started == 2
+    runner.cancel(ref)
+    runner.close()
+    assert runner.view(ref, idle).status == "not_started"  # cancelled: nothing pending any more

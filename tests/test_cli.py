@@ -14,9 +14,8 @@ from typer.testing import CliRunner
 
 from bakehouse.api import create_app
 from bakehouse.cli import app
-from flows.rollout import run_rollout
-from flows.stim import run_stim
-from repo_store import JobStatus, Store
+from repo_store import Store
+from runners import ThreadRunner
 
 SPEC = """
 repo: {repo_name: cli, base_model: fake}
@@ -32,20 +31,6 @@ targets:
       num_traj_per_stimulus: 2
       generators: [{type: hardcoded, questions: ["one?", "two?", "three?"]}]
 """
-
-
-class ThreadRunner:
-    """Runs each started job in a thread of the server process (the local runner uses processes)."""
-
-    def __init__(self, store: Store):
-        self.store = store
-
-    def submit(self, ref, status: JobStatus) -> None:
-        run = run_stim if ref.kind == "stim" else run_rollout
-        threading.Thread(target=run, args=(self.store.workspace(ref.workspace), ref.repo_name, ref.target_name)).start()
-
-    def view(self, ref, status: JobStatus) -> JobStatus:
-        return status
 
 
 @pytest.fixture(scope="module")

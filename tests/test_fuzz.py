@@ -14,19 +14,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance, unsupported_method
 
 from bakehouse.api import create_app
-from repo_store import JobStatus, Store
+from runners import RecordingRunner
+from repo_store import Store
 from targets import PromptSpec, RepoSpec, TargetSpec
-
-
-class RecordingRunner:
-    def __init__(self):
-        self.submitted = []
-
-    def submit(self, ref, status: JobStatus) -> None:
-        self.submitted.append(ref)
-
-    def view(self, ref, status: JobStatus) -> JobStatus:
-        return status
 
 
 store = Store(tempfile.mkdtemp(prefix="bakehouse-fuzz-"))

@@ -1,0 +1,40 @@
+"""Job runners for API tests that must not start worker processes."""
+
+from __future__ import annotations
+
+import threading
+
+from repo_store import JobStatus, Store
+
+
+class RecordingRunner:
+    """Records what the API asked to start or cancel; starts nothing."""
+
+    def __init__(self):
+        self.submitted = []
+        self.cancelled = []
+
+    def submit(self, ref, status: JobStatus) -> None:
+        self.submitted.append(ref)
+
+    def view(self, ref, status: JobStatus) -> JobStatus:
+        return status
+
+    def cancel(self, ref) -> None:
+        self.cancelled.append(ref)
+
+
+class ThreadRunner(RecordingRunner):
+    """Runs each started job in a thread of the server process on the job's own engine."""
+
+    def __init__(self, store: Store):
+        super().__init__()
+        self.store = store
+
+    def submit(self, ref, status: JobStatus) -> None:
+        from flows.rollout import run_rollout
+        from flows.stim import run_stim
+
+        super().submit(ref, status)
+        run = run_stim if ref.kind == "stim" else run_rollout
+        threading.Thread(target=run, args=(self.store.workspace(ref.workspace), ref.repo_name, ref.target_name)).start()

@@ -228,28 +228,33 @@ def _job_commands(kind: str) -> typer.Typer:
         Console().print(table)
 
     @group.command("export")
-    def export(target: str, destination: str, repo: str = RepoOption) -> None:
+    def export(
+        target: str,
+        destination: str,
+        repo: str = RepoOption,
+        partial: bool = typer.Option(False, "--partial", help="Export the rows so far of a job that is not complete."),
+    ) -> None:
         """Write all rows to DESTINATION (any fsspec URL; .parquet or .jsonl)."""
         import fsspec
 
-        from bakehouse.client import APIError
+        from bakehouse.client import APIError, JobNotComplete
 
         jobs = getattr(_client().targets, kind)
         try:
             if destination.endswith(".parquet"):
-                frame = jobs.read_dataframe(target, repo_name=repo)
+                frame = jobs.read_dataframe(target, repo_name=repo, allow_partial=partial)
                 with fsspec.open(destination, "wb") as handle:
                     frame.write_parquet(handle)
                 count = frame.height
             elif destination.endswith((".jsonl", ".ndjson")):
                 count = 0
                 with fsspec.open(destination, "wt", encoding="utf-8") as handle:
-                    for row in jobs.iter_output(target, repo_name=repo):
+                    for row in jobs.iter_output(target, repo_name=repo, allow_partial=partial):
                         handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                         count += 1
             else:
                 _fail(Exception("destination must end in .parquet or .jsonl"))
-        except APIError as error:
+        except (APIError, JobNotComplete) as error:
             _fail(error)
         typer.echo(f"wrote {count} rows to {destination}")
 

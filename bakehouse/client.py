@@ -63,6 +63,10 @@ class JobFailed(Exception):
 class JobTimeout(Exception): ...
 
 
+class JobNotComplete(Exception):
+    """Reading all of a job's output while it is not complete would silently give part of it."""
+
+
 _ERRORS = {400: BadRequestError, 401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
            409: ConflictError, 422: UnprocessableEntityError, 429: RateLimitError}
 
@@ -223,21 +227,26 @@ class Job(_Resource):
         return self._client.request("GET", f"{self._path(target_name, repo_name)}/output",
                                     params={"limit": limit, "offset": offset})
 
-    def iter_output(self, target_name: str, *, repo_name: str, page_size: int = 1000) -> Iterator[dict[str, Any]]:
-        """Every row, page by page (pages of a finished job never shift)."""
+    def iter_output(self, target_name: str, *, repo_name: str, page_size: int = 1000,
+                    allow_partial: bool = False) -> Iterator[dict[str, Any]]:
+        """Every row, page by page. Raises JobNotComplete unless the job is complete or
+        `allow_partial` (then: the rows committed so far, which never shift as the job grows)."""
         offset = 0
         while True:
             page = self.get_output(target_name, repo_name=repo_name, limit=page_size, offset=offset)
+            if offset == 0 and page["status"] != "complete" and not allow_partial:
+                raise JobNotComplete(f"{self.kind} of {repo_name}/{target_name} is {page['status']} "
+                                     f"({page["lines"]} rows so far); pass allow_partial=True (CLI: --partial) to read them")
             yield from page["output"]
             offset += len(page["output"])
             if not page["has_more"] or not page["output"]:
                 return
 
-    def read_dataframe(self, target_name: str, *, repo_name: str):
+    def read_dataframe(self, target_name: str, *, repo_name: str, allow_partial: bool = False):
         """All rows as a polars DataFrame (nested columns as structs)."""
         import polars as pl
 
-        return pl.DataFrame(list(self.iter_output(target_name, repo_name=repo_name)))
+        return pl.DataFrame(list(self.iter_output(target_name, repo_name=repo_name, allow_partial=allow_partial)))
 
     def iter_training_rows(self, target_name: str, *, repo_name: str) -> Iterator[dict[str, Any]]:
         """Rollout rows as bake training examples: teacher and student chats ending in the response.

@@ -40,18 +40,19 @@ class Service:
         return self.ws.create_target(repo_name, spec)
 
     def create_prompts(self, repo_name: str, prompts: dict[str, list]) -> dict[str, Any]:
-        return self._each(repo_name, {name: lambda m=messages, n=name: self.create_prompt(repo_name, n, m, None)
-                                      for name, messages in prompts.items()})
+        return self._each(repo_name, [(name, lambda m=messages, n=name: self.create_prompt(repo_name, n, m, None))
+                                      for name, messages in prompts.items()])
 
     def create_targets(self, repo_name: str, targets: list[dict[str, Any]]) -> dict[str, Any]:
         # In order, so that a later target may use an earlier one as its template.
-        return self._each(repo_name, {t["target_name"]: lambda t=t: self.create_target(repo_name, **t) for t in targets})
+        return self._each(repo_name, [(t["target_name"], lambda t=t: self.create_target(repo_name, **t)) for t in targets])
 
-    def _each(self, repo_name: str, creates: dict[str, Any]) -> dict[str, Any]:
-        """Bread's batch semantics: every item is tried; failures are reported per name."""
+    def _each(self, repo_name: str, creates: list[tuple[str, Any]]) -> dict[str, Any]:
+        """Bread's batch semantics: every item is tried in order; failures are reported per name
+        (an item repeating an earlier name is created or refused like any other)."""
         self.ws.get_repo(repo_name)
         created, failed = [], {}
-        for name, create in creates.items():
+        for name, create in creates:
             try:
                 create()
                 created.append(name)

@@ -22,9 +22,11 @@ POOLS = ("bakehouse-cpu", "bakehouse-gpu")
 class Stack:
     def __init__(self) -> None:
         self.children: list[subprocess.Popen] = []
+        self._logs: list = []
 
     def start(self, command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-        handle = open(log, "ab")  # noqa: SIM115 - lives as long as the child
+        handle = open(log, "ab")  # noqa: SIM115 - lives as long as the child; closed in stop()
+        self._logs.append(handle)
         child = subprocess.Popen(command, env=env, cwd=PROJECT, stdout=handle, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
         self.children.append(child)
@@ -40,6 +42,8 @@ class Stack:
             except subprocess.TimeoutExpired:
                 _signal_group(child, signal.SIGKILL)
                 child.wait()
+        for handle in self._logs:
+            handle.close()
 
 
 def _signal_group(child: subprocess.Popen, sig: int) -> None:

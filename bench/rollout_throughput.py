@@ -81,7 +81,7 @@ class OneEngine:
     def __init__(self, engine) -> None:
         self.engine = engine
 
-    def __call__(self, model: str):
+    def __call__(self, model: str, **options):
         return self.engine
 
     def close(self) -> None:

@@ -45,6 +45,7 @@ def run_generator(
     default_model: str,
     read_template: Callable[[str], str],
     read_dataset: Callable[[str, str | None], list[str]],
+    check_cancel: Callable[[], None] = lambda: None,
 ) -> GeneratorOutput:
     seed = derive_seed(target_seed, "generator", index, generator.seed if generator.seed is not None else "")
     wanted = generator.count
@@ -62,13 +63,13 @@ def run_generator(
             fill_oneshot(template or DEFAULT_ONESHOT_TEMPLATE, numq=n, prompt_u=prompt_text(teacher))
             for n in _batches(remaining)
         ]
-        return _ask_until(engine, generator, wanted, seed, prompts, parse_question_list, default_max_tokens=1024)
+        return _ask_until(engine, generator, wanted, seed, prompts, parse_question_list, check_cancel, default_max_tokens=1024)
     rng = random.Random(seed)
     prompts = lambda remaining: [  # noqa: E731
         fill_persona(persona=rng.choice(PERSONAS), prompt_u=prompt_text(teacher)) for _ in range(remaining)
     ]
     single = lambda text: [q] if (q := parse_single_question(text)) else []  # noqa: E731
-    return _ask_until(engine, generator, wanted, seed, prompts, single, default_max_tokens=128)
+    return _ask_until(engine, generator, wanted, seed, prompts, single, check_cancel, default_max_tokens=128)
 
 
 def _from_dataset(generator: Generator, wanted: int, seed: int, read_dataset) -> GeneratorOutput:
@@ -80,13 +81,15 @@ def _from_dataset(generator: Generator, wanted: int, seed: int, read_dataset) ->
     return output
 
 
-def _ask_until(engine, generator, wanted, seed, prompts_for, parse, *, default_max_tokens) -> GeneratorOutput:
-    """Ask the model in rounds until `wanted` distinct questions exist or MAX_ROUNDS are spent."""
+def _ask_until(engine, generator, wanted, seed, prompts_for, parse, check_cancel, *, default_max_tokens) -> GeneratorOutput:
+    """Ask the model in rounds until `wanted` distinct questions exist or MAX_ROUNDS are spent
+    (`check_cancel` runs before each round, so a long generator can be stopped)."""
     output = GeneratorOutput([], wanted)
     seen: set[str] = set()
     sampling = dict(temperature=generator.temperature if generator.temperature is not None else 1.0,
                     max_tokens=generator.max_tokens or default_max_tokens)
     while len(output.questions) < wanted and output.rounds < MAX_ROUNDS:
+        check_cancel()
         prompts = prompts_for(wanted - len(output.questions))
         requests = [
             ChatRequest(

@@ -99,7 +99,7 @@ def run_rollout(
             if launcher is not None:
                 _supervise(job, attempt, shards, launcher, progress, launches)
             else:
-                _generate(job, attempt, stim, config, range(plan["num_chunks"]), lambda: engines(config.model_name), progress, counters)
+                _generate(job, attempt, stim, config, range(plan["num_chunks"]), lambda: engines(config.model_name, max_concurrency=config.max_concurrency), progress, counters)
 
         def summary() -> dict[str, Any]:
             return {
@@ -144,7 +144,7 @@ def run_rollout_shard(
     with running(attempt, engines) as engines:
         stim = workspace.job(repo_name, target_name, "stim")
         logger.info("rollout %s/%s shard %d: chunks %d-%d with %s", repo_name, target_name, shard, chunks[0], chunks[-1], config.model_name)
-        _generate(job, attempt, stim, config, chunks, lambda: engines(config.model_name), progress, counters)
+        _generate(job, attempt, stim, config, chunks, lambda: engines(config.model_name, max_concurrency=config.max_concurrency), progress, counters)
         attempt.release()
     return {"shard": shard, "status": "done", **counters}
 

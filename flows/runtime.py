@@ -35,21 +35,30 @@ class Engines:
 
     Models are served in-process by vLLM unless BAKEHOUSE_OPENAI_BASE_URL points at an
     OpenAI-compatible server (a `vllm serve` fleet or a provider); `fake` and `tiny-random` are
-    reserved names that always run locally.
+    reserved names that always run locally. One in-process vLLM engine lives at a time (each holds
+    its model and KV cache): asking for another model closes the previous one.
     """
 
     def __init__(self, **options: Any):
         self.options = options
         self._engines: dict[str, Engine] = {}
+        self._in_process: str | None = None  # the model of the one in-process vLLM engine
 
-    def __call__(self, model: str) -> Engine:
+    def __call__(self, model: str, *, max_concurrency: int | None = None) -> Engine:
         if model not in self._engines:
             base_url = os.environ.get("BAKEHOUSE_OPENAI_BASE_URL")
             if base_url and model not in ("fake", "tiny-random"):
                 options = {"api_key": os.environ.get("BAKEHOUSE_OPENAI_API_KEY"), **self.options}
+                if max_concurrency:
+                    options["max_concurrency"] = max_concurrency
                 self._engines[model] = open_engine(model, base_url=base_url, **options)
+            elif model == "fake":
+                self._engines[model] = open_engine(model, **self.options)
             else:
+                if self._in_process is not None:
+                    self._engines.pop(self._in_process).close()
                 self._engines[model] = open_engine(model, **{**_vllm_options_from_env(model), **self.options})
+                self._in_process = model
         return self._engines[model]
 
     def close(self) -> None:

@@ -56,6 +56,7 @@ def run_stim(
                 default_model=config.model_name or repo.base_model,
                 read_template=workspace.read_template,
                 read_dataset=workspace.read_dataset_questions,
+                check_cancel=attempt.raise_if_cancelled,
             )
             fresh = list(dict.fromkeys(q for q in output.questions if q not in seen))
             rows = [

@@ -119,3 +119,22 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path):
     job = Store(str(tmp_path / "data")).workspace().job("demo", "pirate", "rollout")
     status = job.status()
     assert status.status == "complete" and status.lines == status.total_expected > 0
+
+
+def test_reading_everything_of_an_unfinished_job_needs_consent(server, monkeypatch, tmp_path):
+    from bakehouse import Client, JobNotComplete
+
+    store = Store(server["data"])
+    key = store.keys.create(workspace="default", scope="write")[1]
+    client = Client(base_url=server["url"], api_key=key)
+    client.repo.create(repo_name="partial", base_model="fake")
+    client.prompts.create("partial", prompt_name="p", messages=[])
+    client.targets.create("partial", target_name="t", overrides={
+        "teacher_prompt": "p", "student_prompt": "p", "generators": [{"type": "hardcoded", "questions": ["q?"]}]})
+    with pytest.raises(JobNotComplete, match="not_started"):
+        list(client.targets.stim.iter_output("t", repo_name="partial"))
+    assert list(client.targets.stim.iter_output("t", repo_name="partial", allow_partial=True)) == []
+    monkeypatch.setenv("BAKEHOUSE_BASE_URL", server["url"])
+    monkeypatch.setenv("BAKEHOUSE_API_KEY", key)
+    result = CliRunner().invoke(app, ["stim", "export", "t", str(tmp_path / "x.jsonl"), "--repo", "partial"])
+    assert result.exit_code == 1 and "allow_partial" in result.output

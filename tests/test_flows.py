@@ -21,7 +21,7 @@ class CountingEngines:
         self.requests = 0
         self.crash_after = crash_after
 
-    def __call__(self, model):
+    def __call__(self, model, **options):
         outer = self
 
         class Wrapped:

@@ -29,7 +29,7 @@ class SharedEngine:
     def __init__(self, engine):
         self.engine = engine
 
-    def __call__(self, model):
+    def __call__(self, model, **options):
         assert model == "tiny-random"
         return self.engine
 

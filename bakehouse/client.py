@@ -236,7 +236,7 @@ class Job(_Resource):
             page = self.get_output(target_name, repo_name=repo_name, limit=page_size, offset=offset)
             if offset == 0 and page["status"] != "complete" and not allow_partial:
                 raise JobNotComplete(f"{self.kind} of {repo_name}/{target_name} is {page['status']} "
-                                     f"({page["lines"]} rows so far); pass allow_partial=True (CLI: --partial) to read them")
+                                     f"({page['lines']} rows so far); pass allow_partial=True (CLI: --partial) to read them")
             yield from page["output"]
             offset += len(page["output"])
             if not page["has_more"] or not page["output"]:

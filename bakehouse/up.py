@@ -108,7 +108,9 @@ def start_stack(stack: Stack, *, data_url: str, prefect_port: int, logs: Path, w
     deploy(env)
     for pool in POOLS:
         for index in range(workers_per_pool):
-            stack.start([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--name", f"{pool}-{index}"],
+            # A GPU worker runs one shard at a time (one vLLM engine per GPU); CPU work is light.
+            limit = ["--limit", "1"] if pool == "bakehouse-gpu" else []
+            stack.start([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--name", f"{pool}-{index}", *limit],
                         env, logs / f"worker-{pool}-{index}.log")
     return env
 

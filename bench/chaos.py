@@ -1,17 +1,20 @@
 """Chaos benchmark: a rollout SIGKILLed again and again, and a rollout through S3 outages.
 
-    python bench/chaos.py [--kills 20] [--stimuli 1500] [--n 2] [--max-tokens 16] [--chunk 25]
+    python bench/chaos.py [--kills 20] [--stimuli 3000] [--n 2] [--max-tokens 16] [--chunk 25]
                           [--outages 3] [--outage-seconds 3] [--s3-stimuli 600] [--fake-delay 0.03]
-                          [--long-outage 30] [--seed 0] [--skip-kills] [--skip-storage]
+                          [--long-outage 40] [--seed 0] [--skip-kills] [--skip-storage]
 
 Part A, kills (local storage, in-process vLLM on "tiny-random"). Stim runs in this process (hardcoded
 questions: no engine). The rollout runs in a child process (`python -c`, like the crash test in
 tests/test_real_engine.py, OMP_NUM_THREADS=1, VLLM_ENABLE_V1_MULTIPROCESSING=0), in its own process
-group, with BAKEHOUSE_ROLLOUT_CHUNK=--chunk. After each (re)start we wait until that attempt has
-committed at least one new chunk (so every attempt makes progress and the kill lands while the engine
-is generating), then SIGKILL the group after a further random delay (seeded RNG, uniform in
-[0, D], D adapted to the remaining work so the job outlives --kills kills), and start it again, until
---kills kills are done; the last start runs to completion.
+group, with BAKEHOUSE_ROLLOUT_CHUNK=--chunk. After each (re)start we wait until the child's engine is
+generating (its first result is back, from the child's log), then SIGKILL the group after a random
+delay (seeded RNG, uniform in [0, 2m], m = an even share of the remaining generation time among the
+kills left, from the chunk rate seen so far, kept within 0.15-3 s), and start it again, until --kills
+kills are done (or --kill-budget seconds passed); the last start runs to completion. vLLM returns
+results in waves (~max_num_seqs sequences finishing together), so a kill usually lands between or
+inside waves with part of a chunk generated: "mid-generation" below means the killed attempt had
+results back that were not committed yet.
 
 How work redone is measured. The child wraps the engine: it logs its attempt generation (the
 job's latest claim, read once the engine is up) and then one line per result, written the moment the
@@ -21,9 +24,10 @@ n x |stimuli g logged as generated - stimuli of chunks whose marker has gen g|: 
 back from the engine but whose chunk was not committed when the process died (a later attempt
 generates them again, since their chunk has no marker). Requests still decoding inside vLLM at the
 kill (partial sequences) are not counted: they are wasted compute but not finished trajectories.
-Time to recovery = from the restart (Popen) to the first chunk marker of the new attempt (polled
-every 50 ms); it includes interpreter + vLLM start-up. Lost = expected (stimulus_id, trajectory_id)
-pairs missing from `Job.iter_rows()`; duplicated = pairs that appear more than once.
+Time to recovery = from the restart (Popen) to the first chunk marker written by the new attempt (the
+marker file's mtime on local disk); it includes interpreter + vLLM start-up ("engine up" is printed
+per attempt). Lost = expected (stimulus_id, trajectory_id) pairs missing from `Job.iter_rows()`;
+duplicated = pairs that appear more than once (or are not expected at all).
 
 Part B, storage outages (moto S3 server in a subprocess on a free 127.0.0.1 port, reached through a
 TCP proxy in this process that can "go down": during an outage it resets every open connection and
@@ -34,16 +38,17 @@ triggered once the committed chunks pass 1/(k+1), 2/(k+1), ... of the job. When 
 Reported: restarts, the errors seen, rows lost/duplicated, and for each outage the time from its end
 to the next committed chunk (watched directly on moto, bypassing the proxy). Short outages are
 usually ridden out by the S3 client's own retries (botocore + s3fs); a second run on a fresh bucket
-with one --long-outage outage (default 30 s, longer than those retries) makes the job fail, so the
+with one --long-outage outage (default 40 s, longer than those retries) makes the job fail, so the
 restart path is exercised too.
 
-Prints two Markdown tables at the end. Default run: ~6-9 minutes on 2 cores. Not a test.
+Prints two Markdown tables at the end. Default run: ~7-9 minutes on 2 cores. Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import signal
@@ -112,8 +117,8 @@ CHILD = textwrap.dedent("""
     log = open(log_path, "a", buffering=1)
 
     class LoggedEngines(Engines):
-        def __call__(self, model):
-            engine = super().__call__(model)
+        def __call__(self, model, **options):
+            engine = super().__call__(model, **options)
             gen = ws.job(repo, target, "rollout")._latest_claim()[0]
             log.write(f"gen {gen} {time.time():.3f}\\n")
             inner = engine.generate
@@ -129,6 +134,21 @@ CHILD = textwrap.dedent("""
     status = run_rollout(ws, repo, target, engines=LoggedEngines())
     log.write(f"done {status.status} {time.time():.3f}\\n")
 """)
+
+
+def log_times(log: Path) -> tuple[float | None, float | None]:
+    """(engine up, first result) wall times from a child's log, None while not there yet."""
+    up = first = None
+    try:
+        for line in log.read_text().splitlines():
+            if line.startswith("gen ") and up is None:
+                up = float(line.split()[2])
+            elif line.startswith("r ") and line.count(" ") == 2:
+                first = float(line.split()[2])
+                break
+    except (OSError, ValueError):
+        pass
+    return up, first
 
 
 def engine_ready(log: Path, started: float) -> str:
@@ -156,58 +176,57 @@ def kill_test(args: argparse.Namespace) -> dict:
     print(f"\n## A. SIGKILL x{args.kills}: {args.stimuli} stimuli x n={args.n}, tiny-random, max_tokens {args.max_tokens}, "
           f"chunk {args.chunk} ({num_chunks} chunks), data {data}", flush=True)
     attempts: list[dict] = []
-    gen_seconds = 0.0  # time attempts spent after their first commit (to estimate the rate)
-    gen_chunks = 0
+    gen_seconds, gen_chunks = 0.0, 0  # generating time and chunks of killed attempts (rate estimate)
     deadline = time.monotonic() + args.kill_budget
     while True:
         index = len(attempts)
         log = root / f"attempt-{index:02d}.log"
-        before = set(job.chunks())
+        before = len(job.chunks())
         started = time.time()
         child = subprocess.Popen([sys.executable, "-c", CHILD, data, str(log), REPO, TARGET], env=env, cwd=PROJECT,
                                  stdout=subprocess.DEVNULL, stderr=open(root / f"attempt-{index:02d}.err", "wb"),
                                  start_new_session=True)
-        attempt = {"log": log, "started": started, "first_commit": None, "killed": None, "before": len(before)}
+        attempt = {"log": log, "started": started, "killed": None, "before": before}
         attempts.append(attempt)
-        while child.poll() is None and time.monotonic() < deadline:
-            if set(job.chunks()) - before:
-                attempt["first_commit"] = time.time()
-                break
-            time.sleep(0.05)
-        last = len(attempts) > args.kills
-        if child.poll() is None and not last and time.monotonic() < deadline:
-            remaining = num_chunks - len(job.chunks())
-            rate = gen_chunks / gen_seconds if gen_seconds > 1 else None
-            kills_left = args.kills - len(attempts) + 1
-            # Mean extra delay: an even share of the remaining generation time (kept within 0.5-6 s).
-            mean = (remaining / rate / (kills_left + 1)) if rate else 2.0
-            delay = rng.uniform(0, 2 * min(3.0, max(0.25, mean)))
-            until = time.monotonic() + delay
-            while child.poll() is None and time.monotonic() < until:
-                time.sleep(0.02)
-            if child.poll() is None:
-                os.killpg(child.pid, signal.SIGKILL)
-                attempt["killed"] = time.time()
-                attempt["delay"] = delay
-            child.wait()
-            after = len(job.chunks())
-            if attempt["first_commit"]:
-                gen_seconds += (attempt["killed"] or time.time()) - attempt["first_commit"]
-                gen_chunks += after - attempt["before"]
-            print(f"attempt {index:2d}: engine up {engine_ready(log, started)}, recovery "
-                  f"{((attempt['first_commit'] or started) - started):5.1f}s, killed {delay:4.1f}s after its first commit, chunks {attempt['before']}->{after}/{num_chunks}", flush=True)
-            if job.manifest() is not None:
-                break
-            continue
+        last = len(attempts) > args.kills or time.monotonic() > deadline
+        if not last:
+            # Wait until the engine is generating (its first result is back), then a random delay.
+            generating = None
+            while child.poll() is None and generating is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                generating = log_times(log)[1]
+            if child.poll() is None and generating is not None:
+                remaining = num_chunks - len(job.chunks())
+                kills_left = args.kills - len(attempts) + 1
+                rate = gen_chunks / gen_seconds if gen_seconds > 0.5 else None
+                # Mean delay: an even share of the remaining generation time among the kills left.
+                mean = min(3.0, max(0.15, remaining / rate / (kills_left + 1))) if rate else 0.5
+                delay = rng.uniform(0, 2 * mean)
+                until = generating + delay
+                while child.poll() is None and time.time() < until:
+                    time.sleep(0.01)
+                if child.poll() is None:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    attempt["killed"] = time.time()
+                    attempt["delay"] = delay
+                    gen_seconds += attempt["killed"] - generating
+                child.wait()
+                after = len(job.chunks())
+                gen_chunks += after - before
+                fate = f"killed {delay:4.2f}s after its first result" if attempt["killed"] else f"exited ({child.returncode})"
+                print(f"attempt {index:2d}: engine up {engine_ready(log, started)}, {fate}, chunks {before}->{after}/{num_chunks}",
+                      flush=True)
+                if job.manifest() is not None:
+                    break
+                continue
         # The last start (or out of time): let it finish.
         try:
-            child.wait(timeout=max(1.0, deadline - time.monotonic() + 120))
+            child.wait(timeout=max(1.0, deadline - time.monotonic() + 180))
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
-        print(f"attempt {index:2d}: engine up {engine_ready(log, started)}, recovery "
-              f"{((attempt['first_commit'] or started) - started):5.1f}s, ran to the end "
-              f"(exit {child.returncode}), chunks {attempt['before']}->{len(job.chunks())}/{num_chunks}", flush=True)
+        print(f"attempt {index:2d}: engine up {engine_ready(log, started)}, ran to the end (exit {child.returncode}), "
+              f"chunks {before}->{len(job.chunks())}/{num_chunks}", flush=True)
         break
     total = time.time() - attempts[0]["started"]
 
@@ -219,20 +238,27 @@ def kill_test(args: argparse.Namespace) -> dict:
     size = plan["stimuli_per_chunk"]
     markers = job.chunks()
     by_gen: dict[int, set[int]] = {}
+    first_commit: dict[int, float] = {}  # attempt gen -> mtime of its first chunk marker (local disk)
     for index, record in markers.items():
         by_gen.setdefault(record.gen, set()).add(index)
-    redone, in_flight_kills, recoveries = [], 0, []
+        mtime = os.stat(f"{job.folder}/chunks/{index:06d}.json").st_mtime
+        first_commit[record.gen] = min(mtime, first_commit.get(record.gen, mtime))
+    redone, in_flight_kills, recoveries, idle = [], 0, [], 0
     for attempt in attempts:
         gen, generated = None, set()
         for line in attempt["log"].read_text().splitlines():
-            kind, value, _ = line.split(" ", 2)
-            if kind == "gen":
-                gen = int(value)
-            elif kind == "r":
-                generated.add(int(value))
+            fields = line.split(" ")
+            if len(fields) != 3:
+                continue  # a line cut by the kill
+            if fields[0] == "gen":
+                gen = int(fields[1])
+            elif fields[0] == "r":
+                generated.add(int(fields[1]))
         attempt["gen"] = gen
-        if attempt["first_commit"]:
-            recoveries.append(attempt["first_commit"] - attempt["started"])
+        if gen in first_commit:
+            recoveries.append(first_commit[gen] - attempt["started"])
+        elif attempt["killed"] is not None:
+            idle += 1  # killed before it committed anything
         if attempt["killed"] is None or gen is None:
             continue
         committed = {s for c in by_gen.get(gen, ()) for s in range(c * size, min((c + 1) * size, args.stimuli))}
@@ -240,7 +266,9 @@ def kill_test(args: argparse.Namespace) -> dict:
         redone.append(lost_work)
         in_flight_kills += lost_work > 0
     lost, duplicated, lines = check_rows(job, args.stimuli, args.n)
-    kills = sum(1 for a in attempts if a["killed"])
+    completed_at = (job.manifest() or {}).get("completed_at", float("inf"))
+    kills = sum(1 for a in attempts if a["killed"] and a["killed"] < completed_at)
+    late = sum(1 for a in attempts if a["killed"] and a["killed"] >= completed_at)
     result = {
         "kills": kills, "lost": lost, "duplicated": duplicated, "redone": sum(redone),
         "redone_per_kill": statistics.mean(redone) if redone else 0.0, "redone_max": max(redone, default=0),
@@ -251,9 +279,12 @@ def kill_test(args: argparse.Namespace) -> dict:
     }
     print(f"status {status.status}, {lines} rows / {args.stimuli * args.n} expected, manifest by attempt "
           f"{result['manifest_gen']}, {len(attempts)} attempts, {total:.0f}s wall")
-    print(f"kills with generated-but-uncommitted results: {in_flight_kills}/{kills}; redone per kill "
+    if late:
+        print(f"({late} kill(s) landed after the manifest was written: not counted)")
+    print(f"kills with generated-but-uncommitted results: {in_flight_kills}/{kills + late}; redone per kill "
           f"(trajectories): {', '.join(str(r) for r in redone)}")
-    print(f"recovery (restart -> first new chunk) s: {', '.join(f'{r:.1f}' for r in recoveries)}")
+    print(f"recovery (restart -> first chunk marker of that attempt) s: {', '.join(f'{r:.1f}' for r in recoveries)}"
+          f"; {idle} attempt(s) killed before committing any chunk")
     return result
 
 
@@ -345,7 +376,7 @@ class FakeEngines:
     def __init__(self, delay: float):
         self.delay = delay
 
-    def __call__(self, model: str):
+    def __call__(self, model: str, **options):
         from flows.engines.fake import FakeEngine
 
         return FakeEngine(model, delay=self.delay)
@@ -422,17 +453,35 @@ def storage_test(args: argparse.Namespace, outages_wanted: int, outage_seconds: 
         os.environ["BAKEHOUSE_ROLLOUT_CHUNK"] = str(args.chunk)
         started = time.time()
         watcher.start()
-        restarts, errors = 0, []
+        folder = job.folder.split(f"{bucket}/", 1)[1]
+
+        def claim_state() -> str:
+            """The latest claim as moto holds it (read directly, not through the proxy)."""
+            keys = [o["Key"] for o in direct.list_objects_v2(Bucket=bucket, Prefix=f"{folder}/").get("Contents", [])]
+            claims = sorted(k for k in keys if "/claims/" in k and "/shards/" not in k)
+            if not claims:
+                return "no claim"
+            name = claims[-1].rsplit("/", 1)[1]
+            beat = json.loads(direct.get_object(Bucket=bucket, Key=f"{folder}/heartbeats/{name}")["Body"].read())
+            failed = f"{folder}/failures/{name}" in keys
+            return (f"claim {name[:-5].lstrip('0')}: failure recorded {failed}, released {bool(beat.get('released'))}, "
+                    f"heartbeat {time.time() - beat['at']:.0f}s old")
+
+        restarts, noop, errors = 0, 0, []
         deadline = time.monotonic() + args.storage_budget
         while time.monotonic() < deadline:
             try:
                 status = run_rollout(ws, REPO, TARGET, engines=FakeEngines(args.fake_delay))
                 if status.status == "complete":
                     break
-                errors.append(f"returned {status.status}: {status.error}")
+                noop += status.status == "running"
+                errors.append(f"returned {status.status} at once (error {status.error})")
             except Exception as error:  # noqa: BLE001 - the operator reads it and starts again
-                errors.append(f"{type(error).__module__}.{type(error).__name__}: {str(error)[:90]}")
-            print(f"{time.time() - started:6.1f}s  {errors[-1]}  (restart {restarts + 1})", flush=True)
+                errors.append(f"{type(error).__module__}.{type(error).__name__}")
+                print(f"{time.time() - started:6.1f}s  raised {type(error).__name__}: {str(error)[:70]}; "
+                      f"{claim_state()}", flush=True)
+            else:
+                print(f"{time.time() - started:6.1f}s  {errors[-1]}; {claim_state()}", flush=True)
             restarts += 1
             time.sleep(1.0)
         total = time.time() - started
@@ -446,10 +495,11 @@ def storage_test(args: argparse.Namespace, outages_wanted: int, outage_seconds: 
         for _, end in outages:
             after = [t for t in times if t > end]
             recoveries.append((after[0] - end) if after else float("nan"))
-        print(f"status {status.status}, {lines} rows / {args.s3_stimuli * args.n} expected, {restarts} restarts, "
+        print(f"status {status.status}, {lines} rows / {args.s3_stimuli * args.n} expected, {restarts} restarts "
+              f"({noop} of them returned 'running' at once, doing nothing), "
               f"{total:.1f}s wall; proxy reset {proxy.reset} open connections and refused {proxy.refused} new ones")
         print(f"recovery (outage end -> next committed chunk) s: {', '.join(f'{r:.1f}' for r in recoveries)}")
-        return {"outages": len(outages), "outage_seconds": outage_seconds, "restarts": restarts, "lost": lost, "duplicated": duplicated,
+        return {"outages": len(outages), "outage_seconds": outage_seconds, "restarts": restarts, "noop": noop, "lost": lost, "duplicated": duplicated,
                 "median_recovery": statistics.median(recoveries) if recoveries else float("nan"),
                 "status": status.status, "seconds": total, "errors": errors}
     finally:
@@ -470,7 +520,7 @@ def storage_test(args: argparse.Namespace, outages_wanted: int, outage_seconds: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--stimuli", type=int, default=1500)
+    parser.add_argument("--stimuli", type=int, default=3000)
     parser.add_argument("--n", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--chunk", type=int, default=25)
@@ -480,12 +530,13 @@ def main() -> None:
     parser.add_argument("--outage-seconds", type=float, default=3.0)
     parser.add_argument("--s3-stimuli", type=int, default=600)
     parser.add_argument("--fake-delay", type=float, default=0.03)
-    parser.add_argument("--long-outage", type=float, default=30.0,
+    parser.add_argument("--long-outage", type=float, default=40.0,
                         help="then one outage of this many seconds on a fresh bucket (0: skip)")
     parser.add_argument("--storage-budget", type=float, default=240)
     parser.add_argument("--skip-kills", action="store_true")
     parser.add_argument("--skip-storage", action="store_true")
     args = parser.parse_args()
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # aiohttp's "Task exception was never retrieved" on resets
     kill = None if args.skip_kills else kill_test(args)
     storage = []
     if not args.skip_storage:
@@ -500,10 +551,10 @@ def main() -> None:
               f"{kill['redone_per_kill']:.0f} ({kill['redone_max']}) | {kill['chunk_trajectories']} | {kill['median_recovery']:.1f} |")
         print()
     if storage:
-        print("| outages | restarts | lost | duplicated | median recovery s | status |")
+        print("| outages | restarts (no-op: 'running') | lost | duplicated | median recovery s | status |")
         print("|---|---|---|---|---|---|")
         for row in storage:
-            print(f"| {row['outages']} x {row['outage_seconds']:.0f} s | {row['restarts']} | {row['lost']} | {row['duplicated']} | "
+            print(f"| {row['outages']} x {row['outage_seconds']:.0f} s | {row['restarts']} ({row['noop']}) | {row['lost']} | {row['duplicated']} | "
                   f"{row['median_recovery']:.1f} | {row['status']} |")
         for row in storage:
             if row["errors"]:

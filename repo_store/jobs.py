@@ -42,6 +42,7 @@ JobKind = Literal["stim", "rollout"]
 JobState = Literal["not_started", "running", "complete", "failed"]
 
 COMPACTED_PART_ROWS = 25_000
+_ENDED_IN_THIS_PROCESS: set[str] = set()  # tokens of attempts this process has finished with
 
 
 def lease_seconds() -> float:
@@ -153,7 +154,10 @@ class Job:
         last = beat["at"] if beat is not None else claim.get("at", 0.0)
         if time.time() - last > lease_seconds():
             return False
-        # Same machine: a dead pid frees the job at once instead of after the lease.
+        # Same machine: a dead pid frees the job at once instead of after the lease; so does an
+        # attempt of this very process that has ended (even if storage refused to record it).
+        if claim.get("token") in _ENDED_IN_THIS_PROCESS:
+            return False
         if claim.get("host") == socket.gethostname() and claim.get("pid"):
             return _pid_alive(int(claim["pid"]))
         return True
@@ -325,6 +329,7 @@ class Attempt:
         return self
 
     def _stop(self) -> None:
+        _ENDED_IN_THIS_PROCESS.add(self.token)
         self._stop_beating.set()
         # Wait out a beat in flight, so it cannot land after (and undo) a `released` heartbeat.
         if self._beater is not None and self._beater is not threading.current_thread():
@@ -407,7 +412,7 @@ class Attempt:
             record = {"error": error, "at": time.time(), "summary": summary or {}}
             self.job.storage.create_json(self._claims("failures", _gen_name(self.gen)), record)
             self.release()
-        except OSError:
+        except Exception:  # noqa: BLE001 - any storage client error; the attempt is over either way
             pass
 
     def release(self) -> None:
@@ -416,8 +421,8 @@ class Attempt:
         beat = {"at": time.time(), "token": self.token, "released": True}
         try:
             self.job.storage.write_json(self._claims("heartbeats", _gen_name(self.gen)), beat)
-        except OSError:
-            pass  # the lease runs out instead
+        except Exception:  # noqa: BLE001 - any storage client error: the lease runs out instead
+            pass
 
 
 def _progress(chunks: dict[int, ChunkRecord], plan: dict[str, Any]) -> float | None:

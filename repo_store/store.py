@@ -63,7 +63,7 @@ class StoredTarget:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StoredTarget:
         return cls(data["target_name"], data["template"], data.get("overrides"),
-                   TargetConfig.model_validate(data["config"]), data["target_id"])
+                   TargetConfig.model_validate(data["config"]), data.get("target_id") or data["config_hash"][:16])
 
 
 class Store:

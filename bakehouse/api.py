@@ -192,16 +192,13 @@ def create_app(
         response.status_code = 201 if created else 200
         return _prompt(prompt)
 
-    def _batch_prompts(repo_name: str, body: s.BatchPromptSet, service: Service) -> s.BatchResponse:
+    def batch_prompts(repo_name: str, body: s.BatchPromptSet, service: Write, user_id: UserId = None):
         return s.BatchResponse(**service.create_prompts(repo_name, body.prompts))
 
-    @v1.post("/repo/{repo_name}/prompts/batch", response_model=s.BatchResponse, tags=["prompts"])
-    def batch_prompts(repo_name: str, body: s.BatchPromptSet, service: Write, user_id: UserId = None):
-        return _batch_prompts(repo_name, body, service)
-
-    @v1.put("/repo/{repo_name}/prompts/batch", response_model=s.BatchResponse, deprecated=True, tags=["prompts"])
-    def batch_set_prompts(repo_name: str, body: s.BatchPromptSet, service: Write, user_id: UserId = None):
-        return _batch_prompts(repo_name, body, service)
+    # Bread's deprecated PUT forms of the batch endpoints behave like the POSTs.
+    for method, deprecated in (("POST", False), ("PUT", True)):
+        v1.add_api_route("/repo/{repo_name}/prompts/batch", batch_prompts, methods=[method], deprecated=deprecated,
+                         response_model=s.BatchResponse, tags=["prompts"], name=f"batch_prompts_{method.lower()}")
 
     @v1.get("/repo/{repo_name}/prompts/{prompt_name}", response_model=s.PromptResponse, tags=["prompts"])
     def get_prompt(repo_name: str, prompt_name: str, service: Read, user_id: UserId = None):
@@ -227,16 +224,12 @@ def create_app(
         response.status_code = 201 if created else 200
         return _target(target)
 
-    def _batch_targets(repo_name: str, body: s.BatchTargetCreate, service: Service) -> s.BatchResponse:
+    def batch_targets(repo_name: str, body: s.BatchTargetCreate, service: Write, user_id: UserId = None):
         return s.BatchResponse(**service.create_targets(repo_name, [t.model_dump() for t in body.targets]))
 
-    @v1.post("/repo/{repo_name}/targets/batch", response_model=s.BatchResponse, tags=["targets"])
-    def batch_targets(repo_name: str, body: s.BatchTargetCreate, service: Write, user_id: UserId = None):
-        return _batch_targets(repo_name, body, service)
-
-    @v1.put("/repo/{repo_name}/targets/batch", response_model=s.BatchResponse, deprecated=True, tags=["targets"])
-    def batch_set_targets(repo_name: str, body: s.BatchTargetCreate, service: Write, user_id: UserId = None):
-        return _batch_targets(repo_name, body, service)
+    for method, deprecated in (("POST", False), ("PUT", True)):
+        v1.add_api_route("/repo/{repo_name}/targets/batch", batch_targets, methods=[method], deprecated=deprecated,
+                         response_model=s.BatchResponse, tags=["targets"], name=f"batch_targets_{method.lower()}")
 
     @v1.get("/repo/{repo_name}/targets/{target_name}", response_model=s.TargetResponse, tags=["targets"])
     def get_target(repo_name: str, target_name: str, service: Read, user_id: UserId = None):

@@ -26,7 +26,7 @@ from targets.render import rollout_context
 
 from flows.engines import ChatRequest, ChatResult, Engine, EngineError, Sampling
 from flows.params import TargetJob
-from flows.runtime import Engines, Progress, complete_repairing, logger, running
+from flows.runtime import Engines, Progress, complete_repairing, logger, mark_cancelled, running
 
 DEFAULT_MAX_TOKENS = 256
 MAX_SHARD_LAUNCHES = 3
@@ -302,7 +302,7 @@ def _trajectory_rows(
     return rows
 
 
-@flow(name="rollout", log_prints=True)
+@flow(name="rollout", log_prints=True, on_cancellation=[mark_cancelled("rollout")])
 def rollout_flow(job: TargetJob, stimuli_per_shard: int = 0) -> dict:
     """Sample the trajectories of a target. Idempotent: a repeat returns the job, a crash resumes.
 
@@ -317,7 +317,7 @@ def rollout_flow(job: TargetJob, stimuli_per_shard: int = 0) -> dict:
     return {"status": status.status, "lines": status.lines, "error": status.error}
 
 
-@flow(name="rollout-shard", log_prints=True)
+@flow(name="rollout-shard", log_prints=True, on_cancellation=[mark_cancelled("rollout")])
 def rollout_shard_flow(job: TargetJob, shard: int, job_attempt: int) -> dict:
     """One shard of a sharded rollout (launched by the rollout flow; resumes its finished chunks)."""
     return run_rollout_shard(Store(job.data_url).workspace(job.workspace), job.repo_name, job.target_name,

@@ -170,6 +170,23 @@ def complete_repairing(attempt, num_chunks: int, produce: Callable[[], None], su
     raise RuntimeError(f"stored output keeps coming back damaged ({last}); check the storage")
 
 
+def mark_cancelled(kind: str) -> Callable[..., None]:
+    """A Prefect `on_cancellation` hook: cancelling a run in the UI cancels the job it works on.
+
+    Prefect stops the run's process; the cancel request on storage makes the job read `failed` with
+    error "cancelled" (and stops the job's other shards), and the next start resumes it.
+    """
+
+    def hook(flow: Any, flow_run: Any, state: Any) -> None:
+        from flows.params import TargetJob
+        from repo_store import Store
+
+        job = TargetJob.model_validate(flow_run.parameters["job"])
+        Store(job.data_url).workspace(job.workspace).job(job.repo_name, job.target_name, kind).request_cancel()
+
+    return hook
+
+
 def error_message(error: BaseException) -> str:
     """What a failed job reports: our errors' own message, else the exception's type and text."""
     from repo_store import Cancelled

@@ -17,7 +17,7 @@ from targets import Generator, InvalidInput, render_stimulus
 
 from flows.generators import run_generator
 from flows.params import TargetJob
-from flows.runtime import Engines, Progress, complete_repairing, logger, running
+from flows.runtime import Engines, Progress, complete_repairing, logger, mark_cancelled, running
 
 
 def run_stim(
@@ -122,7 +122,7 @@ def _summary(chunks, seconds: float) -> dict[str, Any]:
     }
 
 
-@flow(name="stim", log_prints=True)
+@flow(name="stim", log_prints=True, on_cancellation=[mark_cancelled("stim")])
 def stim_flow(job: TargetJob) -> dict:
     """Write the stimuli of a target (idempotent: a repeat returns the existing job, a crash resumes)."""
     status = run_stim(Store(job.data_url).workspace(job.workspace), job.repo_name, job.target_name)

@@ -46,3 +46,27 @@ def test_target_flow_runs_stim_then_rollout_and_publishes_artifacts(tmp_path):
 
     keys = {a.key for a in anyio.run(artifacts)}
     assert {"stim-r-t", "rollout-r-t", "rollout-r-t-summary"} <= keys
+
+
+def test_cancelling_a_run_in_prefect_cancels_its_job(tmp_path):
+    """What Prefect calls when a run is cancelled from the UI (after it stopped the run's process)."""
+    from types import SimpleNamespace
+
+    from flows.rollout import rollout_flow
+
+    data = str(tmp_path / "data")
+    ws = Store(data).workspace()
+    ws.create_repo(RepoSpec(repo_name="r", base_model="fake"))
+    ws.create_prompt("r", PromptSpec(prompt_name="p", messages=[]))
+    ws.create_target("r", TargetSpec(target_name="t", overrides={
+        "teacher_prompt": "p", "student_prompt": "p", "model_name": "fake",
+        "generators": [{"type": "hardcoded", "questions": ["q?"]}]}))
+    job = ws.job("r", "t", "rollout")
+    attempt = job.claim("a run Prefect is about to stop")
+    flow_run = SimpleNamespace(parameters={"job": TargetJob(repo_name="r", target_name="t", data_url=data).model_dump()})
+    for hook in rollout_flow.on_cancellation_hooks:
+        hook(rollout_flow, flow_run, None)
+    attempt.release()  # the process ended (Prefect's SIGTERM unwinds through `running`)
+    status = job.status()
+    assert (status.status, status.error) == ("failed", "cancelled")
+    assert job.claim("the next start") is not None  # and it resumes

@@ -198,6 +198,7 @@ def _generate(
             )
 
     for result in open_engine().generate(requests()):
+        attempt.touch()
         chunk = result.key // size
         pending.setdefault(chunk, {})[result.key] = (stimulus_rows.pop(result.key), result)
         if len(pending[chunk]) == min(size, stimuli - chunk * size):
@@ -226,6 +227,7 @@ def _supervise(
     num_chunks = sum(len(s) for s in shards)
     while True:
         attempt.raise_if_cancelled()
+        attempt.touch()  # supervising is progress; a stuck shard is judged by its own lease
         done = set(job.chunks())
         progress.update(100.0 * len(done) / num_chunks)
         unfinished = [i for i, chunks in enumerate(shards) if not set(chunks) <= done]

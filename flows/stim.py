@@ -56,7 +56,7 @@ def run_stim(
                 default_model=config.model_name or repo.base_model,
                 read_template=workspace.read_template,
                 read_dataset=workspace.read_dataset_questions,
-                check_cancel=attempt.raise_if_cancelled,
+                check_cancel=lambda: (attempt.raise_if_cancelled(), attempt.touch()),
             )
             fresh = list(dict.fromkeys(q for q in output.questions if q not in seen))
             rows = [
@@ -92,6 +92,7 @@ def run_stim(
                     next_id += done[index].part.rows
                     continue
                 rows, stats = stimuli(config.generators[index], index, next_id, set(seen))
+                attempt.touch()
                 record = attempt.commit_chunk(index, rows_to_table(rows, ["stimulus_id"]), stats)
                 committed = rows if record.token == attempt.token else job.chunk_rows(index)
                 seen.update(_question(row) for row in committed)  # the winner's rows, if not ours

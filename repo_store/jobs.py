@@ -49,6 +49,12 @@ def lease_seconds() -> float:
     return float(os.environ.get("BAKEHOUSE_LEASE_SECONDS", "60"))
 
 
+def stall_seconds() -> float:
+    """How long work may show no progress before its attempt stops heartbeating (model loading
+    counts: keep it well above the slowest engine start)."""
+    return float(os.environ.get("BAKEHOUSE_STALL_SECONDS", "1800"))
+
+
 def _gen_name(gen: int) -> str:
     return f"{gen:06d}.json"
 
@@ -301,6 +307,7 @@ class Attempt:
         self.job_gen = job_gen  # the job-level attempt this works for (itself, for a job attempt)
         self._stop_beating = threading.Event()
         self._beater: threading.Thread | None = None
+        self._last_progress = time.monotonic()
 
     def _claims(self, *parts: str) -> str:
         return self.job._claims_path(self.scope, *parts)
@@ -315,10 +322,16 @@ class Attempt:
             raise Cancelled("cancelled")
 
     def keep_alive(self) -> Attempt:
-        """Heartbeat from a background thread until the attempt ends (or its process dies)."""
+        """Heartbeat from a background thread until the attempt ends, its process dies, or its work
+        stops making progress (no `touch()` for BAKEHOUSE_STALL_SECONDS): a hung attempt then loses
+        its lease like a dead one, and a restart takes over (a late wake-up cannot publish: see
+        `complete`)."""
+        self.touch()
 
         def beat() -> None:
             while not self._stop_beating.wait(lease_seconds() / 4):
+                if time.monotonic() - self._last_progress > stall_seconds():
+                    continue
                 try:
                     self.heartbeat()
                 except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
@@ -327,6 +340,10 @@ class Attempt:
         self._beater = threading.Thread(target=beat, name=f"heartbeat-{self.gen}", daemon=True)
         self._beater.start()
         return self
+
+    def touch(self) -> None:
+        """The work moved on (a result came back, a chunk was committed)."""
+        self._last_progress = time.monotonic()
 
     def _stop(self) -> None:
         _ENDED_IN_THIS_PROCESS.add(self.token)

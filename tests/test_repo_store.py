@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 
 import pytest
 
@@ -322,3 +323,19 @@ def test_walking_all_pages_yields_every_row_once(paged_job):
         if not result.has_more:
             break
     assert seen == list(range(2345))
+
+
+def test_an_attempt_that_stops_making_progress_loses_its_lease(store, monkeypatch):
+    monkeypatch.setenv("BAKEHOUSE_LEASE_SECONDS", "0.4")
+    monkeypatch.setenv("BAKEHOUSE_STALL_SECONDS", "0.3")
+    job = protocol_job(store)
+    working = job.claim("busy").keep_alive()
+    for _ in range(8):  # progress keeps the lease
+        working.touch()
+        time.sleep(0.1)
+    assert job.status().status == "running"
+    monkeypatch.setattr("repo_store.jobs._pid_alive", lambda pid: True)  # as if on another machine
+    time.sleep(1.0)  # hung: no touch, so no heartbeat
+    assert job.status().status == "failed"
+    assert job.claim("rescuer") is not None
+    working._stop()

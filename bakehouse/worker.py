@@ -45,4 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # stopped (SIGTERM/Ctrl-C); an owned attempt was already released
+        sys.exit(130)

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from repo_store.parts import ROW_COLUMN, PartInfo, decode_rows, write_part
+from repo_store.parts import ROW_COLUMN, PartInfo, decode_rows, write_part, write_part_to
 from repo_store.storage import Storage
 
 JobKind = Literal["stim", "rollout"]
@@ -406,15 +406,12 @@ class Attempt:
             yield self._write_compacted(group)
 
     def _write_compacted(self, group: list[ChunkRecord]) -> PartInfo:
-        data, row_groups = write_part(self.job.read_chunk_table(r.index) for r in group)
-        part = PartInfo(
-            path=f"parts/compact-{group[0].index:06d}-g{self.gen:06d}-{_unique()}.parquet",
-            rows=sum(r.part.rows for r in group),
-            bytes=len(data),
-            row_groups=row_groups,
-        )
-        self.job.storage.write_bytes(self.job.part_path(part), data)
-        return part
+        """One large part from consecutive chunks, streamed to storage one row group at a time."""
+        path = f"parts/compact-{group[0].index:06d}-g{self.gen:06d}-{_unique()}.parquet"
+        with self.job.storage.open_for_write(self.job._path(path)) as sink:
+            row_groups = write_part_to((self.job.read_chunk_table(r.index) for r in group), sink)
+        return PartInfo(path=path, rows=sum(r.part.rows for r in group), bytes=self.job.storage.size(self.job._path(path)),
+                        row_groups=row_groups)
 
     def discard_chunk(self, index: int) -> None:
         """Repair: remove a damaged chunk's marker (only the job's owner does this) so it is redone."""

@@ -48,15 +48,21 @@ def rows_to_table(rows: Sequence[dict[str, Any]], id_columns: Sequence[str]) -> 
 
 
 def write_part(tables: Iterable[pa.Table]) -> tuple[bytes, list[int]]:
-    """Serialise tables (one schema) into one Parquet file of full-size row groups.
-
-    Returns the bytes and the row-group sizes. Small input tables (one per chunk) are re-grouped so
-    that a compacted part has ROW_GROUP_ROWS-row groups, not one small group per chunk.
-    """
+    """Serialise tables (one schema) into one Parquet file in memory: its bytes and row-group sizes."""
     buffer = io.BytesIO()
+    row_groups = write_part_to(tables, buffer)
+    return buffer.getvalue(), row_groups
+
+
+def write_part_to(tables: Iterable[pa.Table], sink: Any) -> list[int]:
+    """Stream tables (one schema) into `sink` as one Parquet file of full-size row groups; returns
+    the row-group sizes. Small input tables (one per chunk) are re-grouped so that a compacted part
+    has ROW_GROUP_ROWS-row groups, and at most about one row group is held in memory."""
     writer: pq.ParquetWriter | None = None
     pending: list[pa.Table] = []
     pending_rows = 0
+
+    row_groups: list[int] = []
 
     def flush(final: bool) -> None:
         nonlocal pending, pending_rows
@@ -64,24 +70,27 @@ def write_part(tables: Iterable[pa.Table]) -> tuple[bytes, list[int]]:
         cut = pending_rows if final else pending_rows - pending_rows % ROW_GROUP_ROWS
         if cut:
             writer.write_table(table.slice(0, cut), row_group_size=ROW_GROUP_ROWS)
+            # The writer cuts a table into groups of exactly ROW_GROUP_ROWS, the last one shorter.
+            row_groups.extend([ROW_GROUP_ROWS] * (cut // ROW_GROUP_ROWS) + ([cut % ROW_GROUP_ROWS] if cut % ROW_GROUP_ROWS else []))
         rest = table.slice(cut)
         pending, pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
 
-    for table in tables:
+    try:
+        for table in tables:
+            if writer is None:
+                writer = pq.ParquetWriter(sink, table.schema, compression="zstd")
+            pending.append(table)
+            pending_rows += table.num_rows
+            if pending_rows >= ROW_GROUP_ROWS:
+                flush(final=False)
         if writer is None:
-            writer = pq.ParquetWriter(buffer, table.schema, compression="zstd")
-        pending.append(table)
-        pending_rows += table.num_rows
-        if pending_rows >= ROW_GROUP_ROWS:
-            flush(final=False)
-    if writer is None:
-        raise ValueError("write_part needs at least one table")
-    if pending_rows:
-        flush(final=True)
-    writer.close()
-    data = buffer.getvalue()
-    meta = pq.ParquetFile(io.BytesIO(data)).metadata
-    return data, [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            raise ValueError("write_part needs at least one table")
+        if pending_rows:
+            flush(final=True)
+    finally:
+        if writer is not None:  # also when the input failed midway: never leave a writer open
+            writer.close()
+    return row_groups
 
 
 def decode_rows(table: pa.Table) -> list[dict[str, Any]]:

@@ -86,6 +86,11 @@ class Storage:
 
     # -- writes --------------------------------------------------------------------------------
 
+    def open_for_write(self, path: str):
+        """A streaming writer for a file no reader looks at until something names it (a part
+        before its marker or manifest exists): no temp-file dance needed."""
+        return self.fs.open(path, "wb")
+
     def write_bytes(self, path: str, data: bytes) -> None:
         """Overwrite (for files only their single writer ever changes, e.g. a heartbeat)."""
         if self.is_local:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from repo_store import JobStatus, Page, Workspace
+from repo_store import Job, JobStatus, Workspace
 from targets import BakehouseError, InvalidInput, PromptSpec, RepoSpec, TargetSpec, parse
 
 from bakehouse.runner import JobRef
@@ -66,15 +66,20 @@ class Service:
         return JobRef(self.ws.name, repo_name, target_name, kind)
 
     def job_status(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any]]:
+        status, config, _ = self._job(repo_name, target_name, kind)
+        return status, config
+
+    def _job(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any], Job]:
+        """The job's status as clients see it, its config echo, and the job (one read of target.json)."""
         target = self.ws.get_target(repo_name, target_name)
-        job, ref = self.ws.job(repo_name, target_name, kind), self._ref(repo_name, target_name, kind)
+        job, ref = self.ws.job_of(repo_name, target, kind), self._ref(repo_name, target_name, kind)
         status = job.status()
         viewed = self.runner.view(ref, status)
         if viewed.status == "failed" and status.status != "failed":
             # The runner saw its run end after we read storage: the run may have finished the job.
             viewed = self.runner.view(ref, job.status())
         config = target.config.stim_part() if kind == "stim" else target.config.rollout_part()
-        return viewed, config
+        return viewed, config, job
 
     def start_job(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any]]:
         """Start (or resume) a job. Repeating it while the job runs or after it completed changes nothing."""
@@ -98,9 +103,8 @@ class Service:
         return self.job_status(repo_name, target_name, kind)
 
     def read_output(self, repo_name: str, target_name: str, kind: str, offset: int, limit: int):
-        status, config = self.job_status(repo_name, target_name, kind)
-        page: Page = self.ws.read_page(repo_name, target_name, kind, offset=offset, limit=limit)
-        return status, config, page
+        status, config, job = self._job(repo_name, target_name, kind)
+        return status, config, self.ws.store.read_page(job, offset=offset, limit=limit)
 
     def delete_target(self, repo_name: str, target_name: str) -> None:
         for kind in ("stim", "rollout"):

@@ -2,7 +2,7 @@
 
     python bench/api_pages.py [--rows 1000000] [--requests 200]
 
-Builds one finished rollout-shaped job (as bench/page_reads.py does), serves it with uvicorn on
+Builds one finished rollout-shaped job (bench/page_reads.py's `build_job`), serves it with uvicorn on
 127.0.0.1, and has N client threads read random pages of 1,000 rows (`GET .../rollout/output`). Prints
 p50/p99 ms per request and pages per second; the baseline is the same page read in-process (no HTTP),
 measured in the same run, so the ratio shows what the API layer costs.
@@ -32,7 +32,6 @@ import uvicorn  # noqa: E402
 from bakehouse.api import create_app  # noqa: E402
 from page_reads import build_job  # noqa: E402
 from repo_store import JobStatus, Store  # noqa: E402
-from targets import PromptSpec, RepoSpec, TargetSpec  # noqa: E402
 
 LIMIT = 1000
 
@@ -43,17 +42,6 @@ class NoRunner:
 
     def view(self, ref, status: JobStatus) -> JobStatus:
         return status
-
-
-def prepare(store: Store, rows: int) -> None:
-    """A target whose rollout job is the benchmark's finished 1M-row output."""
-    ws = store.workspace()
-    ws.create_repo(RepoSpec(repo_name="bench", base_model="fake"))
-    ws.create_prompt("bench", PromptSpec(prompt_name="p", messages=[]))
-    ws.create_target("bench", TargetSpec(target_name="paging", overrides={
-        "teacher_prompt": "p", "student_prompt": "p", "model_name": "fake",
-        "generators": [{"type": "hardcoded", "questions": ["q?"]}]}))
-    build_job(store, rows)
 
 
 def serve(store: Store) -> tuple[str, uvicorn.Server]:
@@ -90,13 +78,13 @@ def measure(url: str, key: str, rows: int, concurrency: int, requests: int) -> t
 
 
 def in_process_p50(store: Store, rows: int) -> float:
-    ws = store.workspace()
+    job = store.workspace().job("bench", "paging", "rollout")
     rng = random.Random(0)
     samples = []
     for _ in range(50):
         offset = rng.randrange(0, rows - LIMIT)
         start = time.perf_counter()
-        ws.read_page("bench", "paging", "rollout", offset=offset, limit=LIMIT)
+        store.read_page(job, offset=offset, limit=LIMIT)
         samples.append((time.perf_counter() - start) * 1000)
     return statistics.median(samples)
 
@@ -120,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
 
     local = Store(tempfile.mkdtemp(prefix="bakehouse-api-bench-"))
-    prepare(local, args.rows)
+    build_job(local, args.rows)
     run("local disk", local, args.rows, args.requests)
 
     import boto3

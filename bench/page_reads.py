@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import polars as pl  # noqa: E402
 
 from repo_store import Store, rows_to_table  # noqa: E402
+from targets import PromptSpec, RepoSpec, TargetSpec  # noqa: E402
 
 LIMIT = 1000
 
@@ -55,8 +56,16 @@ class CountingS3Server:
         self.server.shutdown()
 
 
-def build_job(store: Store, rows: int) -> None:
-    job = store.workspace().job("bench", "paging", "rollout")
+def build_job(store: Store, rows: int) -> str:
+    """A target `bench/paging` whose rollout is a finished job of `rows` rows; returns the job folder
+    relative to the storage root."""
+    ws = store.workspace()
+    ws.create_repo(RepoSpec(repo_name="bench", base_model="fake"))
+    ws.create_prompt("bench", PromptSpec(prompt_name="p", messages=[]))
+    ws.create_target("bench", TargetSpec(target_name="paging", overrides={
+        "teacher_prompt": "p", "student_prompt": "p", "model_name": "fake",
+        "generators": [{"type": "hardcoded", "questions": ["q?"]}]}))
+    job = ws.job("bench", "paging", "rollout")
     attempt = job.claim("bench")
     chunk = 25_000
     for index, start in enumerate(range(0, rows, chunk)):
@@ -71,6 +80,7 @@ def build_job(store: Store, rows: int) -> None:
         ]
         attempt.commit_chunk(index, rows_to_table(batch, ["stimulus_id", "trajectory_id"]))
     attempt.complete((rows + chunk - 1) // chunk)
+    return job.folder.removeprefix(store.storage.root + "/")
 
 
 def timed(fn, pages: int, counter=None) -> tuple[float, float, float]:
@@ -89,12 +99,13 @@ def timed(fn, pages: int, counter=None) -> tuple[float, float, float]:
 
 def run(label: str, store: Store, glob: str, storage_options: dict | None, rows: int, pages: int, counter) -> None:
     ws = store.workspace()
+    job = ws.job("bench", "paging", "rollout")  # the page reader is measured, not the target lookup
     print(f"\n{label}: {rows:,} rows in {len(ws.job('bench', 'paging', 'rollout').committed_parts())} parts")
     print(f"{'offset':>10} {'ours p50':>9} {'p99':>7} {'req':>5} | {'polars p50':>10} {'p99':>7} {'req':>5} | {'p50 ratio':>9}")
     for offset in (0, rows // 2, rows - LIMIT):
 
         def ours() -> None:
-            page = ws.read_page("bench", "paging", "rollout", offset=offset, limit=LIMIT)
+            page = store.read_page(job, offset=offset, limit=LIMIT)
             assert page.rows[0]["stimulus_id"] == offset
 
         def baseline() -> None:
@@ -115,9 +126,9 @@ def main() -> None:
     local_root = tempfile.mkdtemp(prefix="bakehouse-bench-")
     local = Store(local_root)
     t0 = time.perf_counter()
-    build_job(local, args.rows)
+    folder = build_job(local, args.rows)
     print(f"built {args.rows:,} rows locally in {time.perf_counter() - t0:.1f}s")
-    parts_glob = f"{local.storage.root}/workspaces/default/repos/bench/targets/paging/rollout/parts/compact-*.parquet"
+    parts_glob = f"{local.storage.root}/{folder}/parts/compact-*.parquet"
     run("local disk", local, parts_glob, None, args.rows, args.pages, None)
 
     import os
@@ -133,7 +144,7 @@ def main() -> None:
     remote = Store(f"s3://{bucket}/data")
     # Copy the finished job as-is: same parts, same manifest.
     remote.storage.fs.put(f"{local.storage.root}/", f"{bucket}/data/", recursive=True)
-    s3_glob = f"s3://{bucket}/data/workspaces/default/repos/bench/targets/paging/rollout/parts/compact-*.parquet"
+    s3_glob = f"s3://{bucket}/data/{folder}/parts/compact-*.parquet"
     options = {"aws_endpoint_url": server.endpoint, "aws_allow_http": "true", "aws_region": "us-east-1",
                "aws_access_key_id": "bench", "aws_secret_access_key": "bench"}
     run("moto S3 over HTTP", remote, s3_glob, options, args.rows, args.pages, server)

@@ -79,6 +79,10 @@ class Store:
     def url(self) -> str:
         return self.storage.url
 
+    def read_page(self, job: Job, *, offset: int = 0, limit: int = 100) -> Page:
+        """Rows [offset, offset + limit) of a job's output (parsed footers cached across calls)."""
+        return read_page(job, offset=offset, limit=limit, footers=self.footers)
+
     def workspace(self, name: str = DEFAULT_WORKSPACE) -> Workspace:
         return Workspace(self, validate_name(name, "workspace"))
 
@@ -233,9 +237,12 @@ class Workspace:
 
     def job(self, repo_name: str, target_name: str, kind: JobKind) -> Job:
         """The stim or rollout job of a target (NotFound when the target does not exist)."""
-        target = self.get_target(repo_name, target_name)
-        return self.store.job(f"{self._target_folder(repo_name, target_name)}/jobs/{target.target_id}", kind)
+        return self.job_of(repo_name, self.get_target(repo_name, target_name), kind)
+
+    def job_of(self, repo_name: str, target: StoredTarget, kind: JobKind) -> Job:
+        """The job of a target already read (saves reading target.json again)."""
+        return self.store.job(f"{self._target_folder(repo_name, target.target_name)}/jobs/{target.target_id}", kind)
 
     def read_page(self, repo_name: str, target_name: str, kind: JobKind, *, offset: int = 0, limit: int = 100) -> Page:
-        return read_page(self.job(repo_name, target_name, kind), offset=offset, limit=limit, footers=self.store.footers)
+        return self.store.read_page(self.job(repo_name, target_name, kind), offset=offset, limit=limit)
 

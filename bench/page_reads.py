@@ -100,7 +100,7 @@ def timed(fn, pages: int, counter=None) -> tuple[float, float, float]:
 def run(label: str, store: Store, glob: str, storage_options: dict | None, rows: int, pages: int, counter) -> None:
     ws = store.workspace()
     job = ws.job("bench", "paging", "rollout")  # the page reader is measured, not the target lookup
-    print(f"\n{label}: {rows:,} rows in {len(ws.job('bench', 'paging', 'rollout').committed_parts())} parts")
+    print(f"\n{label}: {rows:,} rows in {len(job.committed_parts())} parts")
     print(f"{'offset':>10} {'ours p50':>9} {'p99':>7} {'req':>5} | {'polars p50':>10} {'p99':>7} {'req':>5} | {'p50 ratio':>9}")
     for offset in (0, rows // 2, rows - LIMIT):
 

@@ -76,21 +76,14 @@ apply_defaults()
 from flows.rollout import run_rollout  # noqa: E402
 from flows.stim import run_stim  # noqa: E402
 from repo_store import Store  # noqa: E402
-from targets import PromptSpec, RepoSpec, TargetSpec  # noqa: E402
+from common import make_target  # noqa: E402
 
 REPO, TARGET = "chaos", "t"
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def make_target(ws, model: str, stimuli: int, n: int, max_tokens: int) -> None:
-    ws.create_repo(RepoSpec(repo_name=REPO, base_model=model))
-    ws.create_prompt(REPO, PromptSpec(prompt_name="teacher", messages=[{"role": "system", "content": "You are a pirate."}]))
-    ws.create_prompt(REPO, PromptSpec(prompt_name="student", messages=[]))
-    ws.create_target(REPO, TargetSpec(target_name=TARGET, overrides={
-        "teacher_prompt": "teacher", "student_prompt": "student", "model_name": model,
-        "num_traj_per_stimulus": n, "max_tokens": max_tokens, "seed": 7,
-        "generators": [{"type": "hardcoded", "questions": [f"What did pirate {i} bury on island {i % 17}?" for i in range(stimuli)]}],
-    }))
+def questions(count: int) -> list[str]:
+    return [f"What did pirate {i} bury on island {i % 17}?" for i in range(count)]
 
 
 def check_rows(job, stimuli: int, n: int) -> tuple[int, int, int]:
@@ -166,7 +159,8 @@ def kill_test(args: argparse.Namespace) -> dict:
     root = Path(tempfile.mkdtemp(prefix="bakehouse-chaos-kill-"))
     data = str(root / "data")
     ws = Store(data).workspace()
-    make_target(ws, "tiny-random", args.stimuli, args.n, args.max_tokens)
+    make_target(ws, REPO, TARGET, model="tiny-random", questions=questions(args.stimuli),
+                num_traj_per_stimulus=args.n, max_tokens=args.max_tokens, seed=7)
     assert run_stim(ws, REPO, TARGET).lines == args.stimuli
     job = ws.job(REPO, TARGET, "rollout")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "ERROR",
@@ -420,7 +414,8 @@ def storage_test(args: argparse.Namespace, outages_wanted: int, outage_seconds: 
     try:
         store = Store(f"s3://{bucket}/data")
         ws = store.workspace()
-        make_target(ws, "fake", args.s3_stimuli, args.n, 32)
+        make_target(ws, REPO, TARGET, model="fake", questions=questions(args.s3_stimuli),
+                    num_traj_per_stimulus=args.n, max_tokens=32, seed=7)
         assert run_stim(ws, REPO, TARGET).lines == args.s3_stimuli
         job = ws.job(REPO, TARGET, "rollout")
         num_chunks = -(-args.s3_stimuli // args.chunk)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import polars as pl  # noqa: E402
 
 from repo_store import Store, rows_to_table  # noqa: E402
-from targets import PromptSpec, RepoSpec, TargetSpec  # noqa: E402
+from common import make_target  # noqa: E402
 
 LIMIT = 1000
 
@@ -60,11 +60,7 @@ def build_job(store: Store, rows: int) -> str:
     """A target `bench/paging` whose rollout is a finished job of `rows` rows; returns the job folder
     relative to the storage root."""
     ws = store.workspace()
-    ws.create_repo(RepoSpec(repo_name="bench", base_model="fake"))
-    ws.create_prompt("bench", PromptSpec(prompt_name="p", messages=[]))
-    ws.create_target("bench", TargetSpec(target_name="paging", overrides={
-        "teacher_prompt": "p", "student_prompt": "p", "model_name": "fake",
-        "generators": [{"type": "hardcoded", "questions": ["q?"]}]}))
+    make_target(ws, "bench", "paging", model="fake", questions=["q?"])
     job = ws.job("bench", "paging", "rollout")
     attempt = job.claim("bench")
     chunk = 25_000

@@ -53,7 +53,8 @@ from bakehouse.settings import apply_defaults  # noqa: E402
 apply_defaults()
 
 from repo_store import Store  # noqa: E402
-from targets import PromptSpec, RepoSpec, TargetSpec, derive_seed  # noqa: E402
+from common import make_target  # noqa: E402
+from targets import derive_seed  # noqa: E402
 
 from flows.rollout import run_rollout  # noqa: E402
 from flows.stim import run_stim  # noqa: E402
@@ -94,27 +95,9 @@ def open_tiny_engine():
     return VllmEngine(MODEL)  # the engine's defaults: what run_rollout would load
 
 
-def make_target(store: Store, name: str, stimuli: int, n: int, max_tokens: int) -> None:
-    ws = store.workspace()
-    ws.create_repo(RepoSpec(repo_name=REPO, base_model=MODEL))
-    ws.create_prompt(REPO, PromptSpec(prompt_name="teacher", messages=[{"role": "system", "content": SYSTEM}]))
-    ws.create_prompt(REPO, PromptSpec(prompt_name="student", messages=[]))
-    ws.create_target(
-        REPO,
-        TargetSpec(
-            target_name=name,
-            overrides={
-                "teacher_prompt": "teacher",
-                "student_prompt": "student",
-                "generators": [{"type": "hardcoded", "questions": [question(i) for i in range(stimuli)]}],
-                "model_name": MODEL,
-                "num_traj_per_stimulus": n,
-                "temperature": 1.0,
-                "max_tokens": max_tokens,
-                "seed": TARGET_SEED,
-            },
-        ),
-    )
+def make_rollout_target(store: Store, name: str, stimuli: int, n: int, max_tokens: int) -> None:
+    make_target(store.workspace(), REPO, name, model=MODEL, system=SYSTEM, num_traj_per_stimulus=n, temperature=1.0,
+                max_tokens=max_tokens, seed=TARGET_SEED, questions=[question(i) for i in range(stimuli)])
 
 
 # -- part 1: throughput ----------------------------------------------------------------------------
@@ -173,7 +156,7 @@ def throughput(args: argparse.Namespace) -> None:
     store = Store(root)
     names = [f"t{r}" for r in range(args.repeats + 1)]  # t0 warms up
     for name in names:
-        make_target(store, name, args.stimuli, args.n, args.max_tokens)
+        make_rollout_target(store, name, args.stimuli, args.n, args.max_tokens)
         assert run_stim(store.workspace(), REPO, name, engines=OneEngine(engine)).lines == args.stimuli
 
     # Warm-up (first batches pay one-off costs: tokenizer caches, allocator growth).
@@ -216,7 +199,7 @@ def rss_child(trajectories: int, n: int, max_tokens: int) -> None:
     stimuli = -(-trajectories // n)
     engine = open_tiny_engine()
     store = Store(tempfile.mkdtemp(prefix="bakehouse-bench-rss-"))
-    make_target(store, "rss", stimuli, n, max_tokens)
+    make_rollout_target(store, "rss", stimuli, n, max_tokens)
     run_stim(store.workspace(), REPO, "rss", engines=OneEngine(engine))
     before = rss_mb()
     start = time.perf_counter()

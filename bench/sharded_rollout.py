@@ -61,21 +61,15 @@ apply_defaults()
 from bakehouse.up import Stack, free_port, start_stack  # noqa: E402
 from flows.stim import run_stim  # noqa: E402
 from repo_store import Store  # noqa: E402
-from targets import PromptSpec, RepoSpec, TargetSpec  # noqa: E402
+from common import make_target  # noqa: E402
 
 REPO, TARGET = "sharded", "t"
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def make_target(ws, name: str, stimuli: int, n: int, max_tokens: int) -> None:
-    ws.create_repo(RepoSpec(repo_name=REPO, base_model="tiny-random"))
-    ws.create_prompt(REPO, PromptSpec(prompt_name="teacher", messages=[{"role": "system", "content": "You are a pirate."}]))
-    ws.create_prompt(REPO, PromptSpec(prompt_name="student", messages=[]))
-    ws.create_target(REPO, TargetSpec(target_name=name, overrides={
-        "teacher_prompt": "teacher", "student_prompt": "student", "model_name": "tiny-random",
-        "num_traj_per_stimulus": n, "max_tokens": max_tokens, "seed": 7,
-        "generators": [{"type": "hardcoded", "questions": [f"Where is treasure {i} buried, captain?" for i in range(stimuli)]}],
-    }))
+def make_sharded_target(ws, name: str, stimuli: int, n: int, max_tokens: int) -> None:
+    make_target(ws, REPO, name, model="tiny-random", num_traj_per_stimulus=n, max_tokens=max_tokens, seed=7,
+                questions=[f"Where is treasure {i} buried, captain?" for i in range(stimuli)])
 
 
 def plan_for(stimuli: int, n: int, chunk: int, per_shard: int) -> dict:
@@ -116,7 +110,7 @@ def baseline(args: argparse.Namespace, per_shard: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix="bakehouse-bench-shard-base-"))
     data = str(root / "data")
     ws = Store(data).workspace()
-    make_target(ws, TARGET, args.stimuli, args.n, args.max_tokens)
+    make_sharded_target(ws, TARGET, args.stimuli, args.n, args.max_tokens)
     run_stim(ws, REPO, TARGET)
     plan = plan_for(args.stimuli, args.n, args.chunk, per_shard)
     done = subprocess.run([sys.executable, "-c", BASELINE, data, REPO, TARGET, json.dumps(plan)], cwd=PROJECT,
@@ -154,7 +148,7 @@ def one_rollout(args, api_url: str, data: str, target: str, per_shard: int, base
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     ws = Store(data).workspace()
-    make_target(ws, target, args.stimuli, args.n, args.max_tokens)
+    make_sharded_target(ws, target, args.stimuli, args.n, args.max_tokens)
     assert run_stim(ws, REPO, target).lines == args.stimuli
     job = ws.job(REPO, target, "rollout")
     started = time.time()

@@ -540,7 +540,7 @@ def main() -> None:
             storage.append(storage_test(args, 1, args.long_outage))
     print()
     if kill:
-        print(f"| kills | lost | duplicated | redone (trajectories) | redone per kill (max) | chunk (trajectories) | median recovery s |")
+        print("| kills | lost | duplicated | redone (trajectories) | redone per kill (max) | chunk (trajectories) | median recovery s |")
         print("|---|---|---|---|---|---|---|")
         print(f"| {kill['kills']} | {kill['lost']} | {kill['duplicated']} | {kill['redone']} | "
               f"{kill['redone_per_kill']:.0f} ({kill['redone_max']}) | {kill['chunk_trajectories']} | {kill['median_recovery']:.1f} |")

@@ -23,7 +23,7 @@ def validate_name(name: object, kind: str = "name") -> str:
         if not _ALLOWED.fullmatch(char):
             raise ValidationFailed(f"Name contains invalid character: {char!r}")
     if name in (".", "..") or ".." in name:
-        raise ValidationFailed(f"Name contains invalid sequence: '..'")
+        raise ValidationFailed("Name contains invalid sequence: '..'")
     if name.startswith("."):
         raise ValidationFailed(f"Name must not start with '.': {name!r}")
     return name

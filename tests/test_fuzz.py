@@ -11,7 +11,7 @@ import tempfile
 
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance, unsupported_method
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from bakehouse.api import create_app
 from runners import RecordingRunner

@@ -172,9 +172,6 @@ def test_crashed_attempt_parts_are_invisible_and_lease_expiry_frees_the_job(stor
     # A part written but never committed (the process died before the marker).
     store.storage.write_bytes(job._path("parts/000001-g000001.parquet"), b"garbage")
     monkeypatch.setattr("repo_store.jobs._pid_alive", lambda pid: True)  # a live pid on another machine
-    crashed_status = None
-    import time
-
     time.sleep(0.7)
     crashed_status = job.status()
     assert crashed_status.status == "failed" and "start it again to resume" in crashed_status.error

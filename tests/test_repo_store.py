@@ -30,6 +30,19 @@ def make_target(ws, repo="r", target="t"):
     )
 
 
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def test_keys_verify_whatever_characters_the_random_part_holds(store, monkeypatch):
+    # token_urlsafe may put "_" (the separator) inside the random part: about four keys in ten.
+    monkeypatch.setattr("repo_store.keys.secrets.token_urlsafe", lambda n: "_a_b__c_" + "x" * 24)
+    key, secret = store.keys.create(workspace="default", scope="write")
+    assert secret.count("_") > 2
+    assert store.keys.verify(secret) == key
+    assert store.keys.verify(secret[:-1] + "y") is None
+    assert store.keys.verify(secret.replace(key.key_id, "0" * 16)) is None
+
+
 # -- resources -----------------------------------------------------------------------------------
 
 

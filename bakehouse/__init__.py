@@ -1,12 +1,13 @@
 """bakehouse: stim -> rollout training data, Bread-compatible. The edges: API, SDK and CLI.
 
     bakehouse/api.py      FastAPI routes (thin) -> bakehouse/service.py -> repo_store / runner
-    bakehouse/client.py   the Python SDK (`from bakehouse import Client`)
+    bakehouse/client.py   the Python SDK (`from bakehouse import Client, AsyncClient`)
     bakehouse/cli.py      the `bakehouse` command
 """
 
 from bakehouse.client import (
     APIError,
+    AsyncClient,
     AuthenticationError,
     BadRequestError,
     Client,
@@ -23,6 +24,7 @@ from bakehouse.client import (
 
 __all__ = [
     "APIError",
+    "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
     "Client",

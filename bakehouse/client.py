@@ -8,15 +8,19 @@
     job = client.targets.rollout.run("pirate", repo_name="demo", on_progress=print)
     for row in client.targets.rollout.iter_output("pirate", repo_name="demo"):
         ...
+
+`AsyncClient` has the same resources and arguments with `async` methods (`async for` over
+`iter_output`); it runs on asyncio or trio.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anyio
 import httpx
 
 IN_PROGRESS = ("not_started", "pending", "running")
@@ -71,6 +75,55 @@ _ERRORS = {400: BadRequestError, 401: AuthenticationError, 403: PermissionDenied
            409: ConflictError, 422: UnprocessableEntityError, 429: RateLimitError}
 
 
+def _http_settings(base_url: str | None, api_key: str | None) -> dict[str, Any]:
+    base_url = base_url or os.environ.get("BAKEHOUSE_BASE_URL") or "http://127.0.0.1:8000"
+    api_key = api_key or os.environ.get("BAKEHOUSE_API_KEY")
+    return {"base_url": base_url.rstrip("/"), "headers": {"Authorization": f"Bearer {api_key}"} if api_key else {}}
+
+
+def _json_or_raise(response: httpx.Response) -> Any:
+    if response.is_success:
+        return response.json()
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"message": response.text}
+    message = body.get("message") or str(body.get("detail") or response.reason_phrase)
+    cls = _ERRORS.get(response.status_code, InternalServerError if response.status_code >= 500 else APIError)
+    raise cls(response.status_code, message, body.get("code"), body)
+
+
+def _job_path(kind: str, target_name: str, repo_name: str) -> str:
+    return f"/v1/repo/{repo_name}/targets/{target_name}/{kind}"
+
+
+def _check_first_page(page: dict[str, Any], where: str, allow_partial: bool) -> None:
+    if page["status"] != "complete" and not allow_partial:
+        raise JobNotComplete(f"{where} is {page['status']} ({page['lines']} rows so far); "
+                             "pass allow_partial=True (CLI: --partial) to read them")
+
+
+def _settle(job: dict[str, Any], raise_on_failure: bool) -> dict[str, Any]:
+    if job["status"] == "failed" and raise_on_failure:
+        raise JobFailed(job)
+    return job
+
+
+def _training_row(row: dict[str, Any]) -> dict[str, Any] | None:
+    """A rollout row as a bake training example, or None when its trajectory failed (`error` set):
+    there is nothing to learn from it."""
+    response = row.get("response")
+    if row.get("error") or not response:
+        return None
+    answer = {"role": "assistant", "content": response["content"]}
+    return {
+        "stimulus_id": row.get("stimulus_id"),
+        "trajectory_id": row.get("trajectory_id"),
+        "teacher_messages": [*row["unconditioned_stimulus"]["messages"], answer],
+        "student_messages": [*row["conditioned_stimulus"]["messages"], answer],
+    }
+
+
 class Client:
     def __init__(
         self,
@@ -81,26 +134,14 @@ class Client:
         poll_interval: float = 2.0,
         http_client: httpx.Client | None = None,
     ):
-        base_url = base_url or os.environ.get("BAKEHOUSE_BASE_URL") or "http://127.0.0.1:8000"
-        api_key = api_key or os.environ.get("BAKEHOUSE_API_KEY")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = http_client or httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        self._http = http_client or httpx.Client(**_http_settings(base_url, api_key), timeout=timeout)
         self.poll_interval = poll_interval
         self.repo = Repos(self)
         self.prompts = Prompts(self)
         self.targets = Targets(self)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, path, **kwargs)
-        if response.is_success:
-            return response.json()
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"message": response.text}
-        message = body.get("message") or str(body.get("detail") or response.reason_phrase)
-        cls = _ERRORS.get(response.status_code, InternalServerError if response.status_code >= 500 else APIError)
-        raise cls(response.status_code, message, body.get("code"), body)
+        return _json_or_raise(self._http.request(method, path, **kwargs))
 
     def health(self) -> dict[str, Any]:
         return self.request("GET", "/v1/health")
@@ -174,7 +215,7 @@ class Job(_Resource):
         self.kind = kind
 
     def _path(self, target_name: str, repo_name: str) -> str:
-        return f"/v1/repo/{repo_name}/targets/{target_name}/{self.kind}"
+        return _job_path(self.kind, target_name, repo_name)
 
     def run(
         self,
@@ -212,9 +253,7 @@ class Job(_Resource):
             job = self.get(target_name, repo_name=repo_name)
         if on_progress:
             on_progress(job)
-        if job["status"] == "failed" and raise_on_failure:
-            raise JobFailed(job)
-        return job
+        return _settle(job, raise_on_failure)
 
     def get(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
         return self._client.request("GET", self._path(target_name, repo_name))
@@ -234,9 +273,8 @@ class Job(_Resource):
         offset = 0
         while True:
             page = self.get_output(target_name, repo_name=repo_name, limit=page_size, offset=offset)
-            if offset == 0 and page["status"] != "complete" and not allow_partial:
-                raise JobNotComplete(f"{self.kind} of {repo_name}/{target_name} is {page['status']} "
-                                     f"({page['lines']} rows so far); pass allow_partial=True (CLI: --partial) to read them")
+            if offset == 0:
+                _check_first_page(page, f"{self.kind} of {repo_name}/{target_name}", allow_partial)
             yield from page["output"]
             offset += len(page["output"])
             if not page["has_more"] or not page["output"]:
@@ -250,17 +288,158 @@ class Job(_Resource):
 
     def iter_training_rows(self, target_name: str, *, repo_name: str) -> Iterator[dict[str, Any]]:
         """Rollout rows as bake training examples: teacher and student chats ending in the response.
-
-        Rows whose trajectory failed (`error` set) are skipped: there is nothing to learn from them.
-        """
+        Failed trajectories are skipped."""
         for row in self.iter_output(target_name, repo_name=repo_name):
-            response = row.get("response")
-            if row.get("error") or not response:
-                continue
-            answer = {"role": "assistant", "content": response["content"]}
-            yield {
-                "stimulus_id": row.get("stimulus_id"),
-                "trajectory_id": row.get("trajectory_id"),
-                "teacher_messages": [*row["unconditioned_stimulus"]["messages"], answer],
-                "student_messages": [*row["conditioned_stimulus"]["messages"], answer],
-            }
+            if (example := _training_row(row)) is not None:
+                yield example
+
+
+# -- async ---------------------------------------------------------------------------------------
+
+
+class AsyncClient:
+    """`Client` for async code: the same resources, arguments and errors; methods are coroutines."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        poll_interval: float = 2.0,
+        http_client: httpx.AsyncClient | None = None,
+    ):
+        self._http = http_client or httpx.AsyncClient(**_http_settings(base_url, api_key), timeout=timeout)
+        self.poll_interval = poll_interval
+        self.repo = AsyncRepos(self)
+        self.prompts = AsyncPrompts(self)
+        self.targets = AsyncTargets(self)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return _json_or_raise(await self._http.request(method, path, **kwargs))
+
+    async def health(self) -> dict[str, Any]:
+        return await self.request("GET", "/v1/health")
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class _AsyncResource:
+    def __init__(self, client: AsyncClient):
+        self._client = client
+
+
+class AsyncRepos(_AsyncResource):
+    async def create(self, *, repo_name: str, base_model: str | None = None) -> dict[str, Any]:
+        body = {"repo_name": repo_name, **({"base_model": base_model} if base_model else {})}
+        return await self._client.request("POST", "/v1/repo", json=body)
+
+    async def get(self, repo_name: str) -> dict[str, Any]:
+        return await self._client.request("GET", f"/v1/repo/{repo_name}")
+
+    async def list(self) -> list[str]:
+        return (await self._client.request("GET", "/v1/repo"))["repos"]
+
+
+class AsyncPrompts(_AsyncResource):
+    async def create(self, repo_name: str, *, prompt_name: str, messages: list[dict[str, Any]],
+                     tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        body = {"prompt_name": prompt_name, "messages": messages, **({"tools": tools} if tools else {})}
+        return await self._client.request("POST", f"/v1/repo/{repo_name}/prompts", json=body)
+
+    async def get(self, prompt_name: str, *, repo_name: str) -> dict[str, Any]:
+        return await self._client.request("GET", f"/v1/repo/{repo_name}/prompts/{prompt_name}")
+
+    async def list(self, repo_name: str) -> list[str]:
+        return (await self._client.request("GET", f"/v1/repo/{repo_name}/prompts"))["prompts"]
+
+
+class AsyncTargets(_AsyncResource):
+    def __init__(self, client: AsyncClient):
+        super().__init__(client)
+        self.stim = AsyncJob(client, "stim")
+        self.rollout = AsyncJob(client, "rollout")
+
+    async def create(self, repo_name: str, *, target_name: str, template: str = "default",
+                     overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"target_name": target_name, "template": template, "overrides": overrides}
+        return await self._client.request("POST", f"/v1/repo/{repo_name}/targets", json=body)
+
+    async def get(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
+        return await self._client.request("GET", f"/v1/repo/{repo_name}/targets/{target_name}")
+
+    async def list(self, repo_name: str) -> list[str]:
+        return (await self._client.request("GET", f"/v1/repo/{repo_name}/targets"))["targets"]
+
+    async def delete(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
+        return await self._client.request("DELETE", f"/v1/repo/{repo_name}/targets/{target_name}")
+
+
+class AsyncJob(_AsyncResource):
+    """`client.targets.stim` and `client.targets.rollout` of an AsyncClient; see `Job`."""
+
+    def __init__(self, client: AsyncClient, kind: str):
+        super().__init__(client)
+        self.kind = kind
+
+    async def run(self, target_name: str, *, repo_name: str, poll: bool = True, poll_interval: float | None = None,
+                  timeout: float | None = None, raise_on_failure: bool = True,
+                  on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        job = await self._client.request("POST", _job_path(self.kind, target_name, repo_name))
+        if not poll:
+            return job
+        return await self.wait(target_name, repo_name=repo_name, job=job, poll_interval=poll_interval,
+                               timeout=timeout, raise_on_failure=raise_on_failure, on_progress=on_progress)
+
+    async def wait(self, target_name: str, *, repo_name: str, job: dict[str, Any] | None = None,
+                   poll_interval: float | None = None, timeout: float | None = None, raise_on_failure: bool = True,
+                   on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        job = job or await self.get(target_name, repo_name=repo_name)
+        try:
+            with anyio.fail_after(timeout):
+                while job["status"] in IN_PROGRESS:
+                    if on_progress:
+                        on_progress(job)
+                    await anyio.sleep(poll_interval or self._client.poll_interval)
+                    job = await self.get(target_name, repo_name=repo_name)
+        except TimeoutError:
+            raise JobTimeout(f"{self.kind} of {repo_name}/{target_name} still {job['status']} after {timeout}s") from None
+        if on_progress:
+            on_progress(job)
+        return _settle(job, raise_on_failure)
+
+    async def get(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
+        return await self._client.request("GET", _job_path(self.kind, target_name, repo_name))
+
+    async def cancel(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
+        return await self._client.request("POST", f"{_job_path(self.kind, target_name, repo_name)}/cancel")
+
+    async def get_output(self, target_name: str, *, repo_name: str, limit: int = 100,
+                         offset: int = 0) -> dict[str, Any]:
+        return await self._client.request("GET", f"{_job_path(self.kind, target_name, repo_name)}/output",
+                                          params={"limit": limit, "offset": offset})
+
+    async def iter_output(self, target_name: str, *, repo_name: str, page_size: int = 1000,
+                          allow_partial: bool = False) -> AsyncIterator[dict[str, Any]]:
+        offset = 0
+        while True:
+            page = await self.get_output(target_name, repo_name=repo_name, limit=page_size, offset=offset)
+            if offset == 0:
+                _check_first_page(page, f"{self.kind} of {repo_name}/{target_name}", allow_partial)
+            for row in page["output"]:
+                yield row
+            offset += len(page["output"])
+            if not page["has_more"] or not page["output"]:
+                return
+
+    async def iter_training_rows(self, target_name: str, *, repo_name: str) -> AsyncIterator[dict[str, Any]]:
+        async for row in self.iter_output(target_name, repo_name=repo_name):
+            if (example := _training_row(row)) is not None:
+                yield example

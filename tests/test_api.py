@@ -18,7 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
-from bakehouse import Client, ConflictError, NotFoundError, PermissionDeniedError, UnprocessableEntityError
+from bakehouse import AsyncClient, Client, ConflictError, JobTimeout, NotFoundError, PermissionDeniedError, UnprocessableEntityError
 from bakehouse.api import create_app
 from repo_store import Store
 
@@ -126,6 +126,26 @@ def test_whole_flow_through_our_sdk(api):
     # Repeating a start after completion changes nothing.
     again = c.targets.rollout.run("t", repo_name="ours", poll=False)
     assert (again["status"], again["job_id"]) == ("complete", rollout["job_id"])
+
+
+@pytest.mark.anyio
+async def test_whole_flow_through_our_async_sdk(api):
+    make_target(client(api), "async")
+    async with AsyncClient(base_url=api["url"], api_key=api["keys"]["write"], poll_interval=0.5) as c:
+        assert "async" in await c.repo.list()
+        with pytest.raises(ConflictError):
+            await c.repo.create(repo_name="async", base_model="other")
+        with pytest.raises(JobTimeout):
+            await c.targets.stim.run("t", repo_name="async", timeout=0.01)
+        stim = await c.targets.stim.wait("t", repo_name="async", timeout=180)
+        assert (stim["status"], stim["lines"]) == ("complete", len(QUESTIONS))
+        seen = []
+        rollout = await c.targets.rollout.run("t", repo_name="async", timeout=180, on_progress=seen.append)
+        assert (rollout["status"], rollout["lines"]) == ("complete", 24) and seen[-1] == rollout
+        rows = [row async for row in c.targets.rollout.iter_output("t", repo_name="async", page_size=7)]
+        assert [(r["stimulus_id"], r["trajectory_id"]) for r in rows] == [(s, t) for s in range(12) for t in range(2)]
+        training = [row async for row in c.targets.rollout.iter_training_rows("t", repo_name="async")]
+        assert len(training) == 24 and training[0]["teacher_messages"][-1]["role"] == "assistant"
 
 
 def test_whole_flow_through_breads_sdk(api):

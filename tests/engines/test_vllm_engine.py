@@ -120,3 +120,19 @@ def test_closing_the_stream_early_aborts_the_rest(vllm_engine):
     while llm_engine.has_unfinished_requests():  # aborted requests drain in a step or two
         llm_engine.step()
     assert [r.key for r in vllm_engine.generate([chat(7, "again", seed=7)])] == [7]
+
+
+def test_freed_memory_goes_back_to_the_os_while_generating(vllm_engine, monkeypatch):
+    from flows.engines import vllm_engine as module
+
+    assert vllm_engine.trim_every == module.DEFAULT_CPU_TRIM_SECONDS  # CPU default
+    assert module._malloc_trim() is not None  # glibc on this machine
+    calls = []
+    monkeypatch.setattr(module, "_return_free_memory", lambda: calls.append(1))
+    monkeypatch.setattr(vllm_engine, "trim_every", 0.0)
+    results = list(vllm_engine.generate([chat(i, f"Trim {i}?", max_tokens=6, seed=i) for i in range(4)]))
+    assert len(results) == 4 and calls
+    calls.clear()
+    monkeypatch.setattr(vllm_engine, "trim_every", float("inf"))
+    assert len(list(vllm_engine.generate([chat(9, "Again?", max_tokens=6, seed=9)]))) == 1
+    assert not calls

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, NoReturn, Optional
 
 import typer
 
 from bakehouse.settings import apply_defaults
+
+if TYPE_CHECKING:
+    from bakehouse.client import Client
 
 app = typer.Typer(help="bakehouse: stim -> rollout training data, Bread-compatible.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (stored hashed on the configured storage).", no_args_is_help=True)
@@ -28,16 +33,30 @@ def root() -> None:
     """Storage comes from BAKEHOUSE_DATA (default ./bakehouse-data); servers from BAKEHOUSE_BASE_URL."""
 
 
-def _client():
-    from bakehouse.client import Client
-
-    return Client()
-
-
-def _fail(error: Exception) -> None:
+def _fail(error: Exception) -> NoReturn:
     message = getattr(error, "message", None) or str(error)
     typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(1)
+
+
+@contextmanager
+def _server() -> Iterator[Client]:
+    """A client of the configured server; whatever goes wrong talking to it ends the command with
+    its message (the server's own for API errors) and exit code 1."""
+    import httpx
+
+    from bakehouse.client import APIError, Client, JobFailed, JobNotComplete
+    from targets import BakehouseError
+
+    try:
+        with Client() as client:
+            yield client
+    except JobFailed as failed:
+        _fail(Exception(f"job failed: {failed.job.get('error')}"))
+    except httpx.TransportError as error:
+        _fail(Exception(f"cannot reach the server at {error.request.url.copy_with(path='/', query=None)}: {error}"))
+    except (APIError, JobNotComplete, BakehouseError, OSError) as error:
+        _fail(error)
 
 
 # -- local -----------------------------------------------------------------------------------------
@@ -116,15 +135,10 @@ def keys_list(data: Optional[str] = DataOption) -> None:
 @app.command()
 def apply(path: Path) -> None:
     """Create the repo, prompts and targets of a resource file (YAML); existing identical ones are kept."""
-    import httpx
-
-    from bakehouse.client import APIError
     from bakehouse.specs import read_spec_file
-    from targets import BakehouseError
 
-    try:
+    with _server() as client:
         spec = read_spec_file(path)
-        client = _client()
         repo = spec.repo.repo_name
         client.repo.create(repo_name=repo, base_model=spec.repo.base_model)
         for prompt in spec.prompts:
@@ -132,8 +146,6 @@ def apply(path: Path) -> None:
             client.prompts.create(repo, prompt_name=data["prompt_name"], messages=data["messages"], tools=data.get("tools"))
         for target in spec.targets:
             client.targets.create(repo, target_name=target.target_name, template=target.template, overrides=target.overrides)
-    except (APIError, BakehouseError, httpx.TransportError, OSError) as error:
-        _fail(error)
     typer.echo(f"repo {repo}: {len(spec.prompts)} prompts, {len(spec.targets)} targets")
 
 
@@ -149,11 +161,8 @@ def _job_commands(kind: str) -> typer.Typer:
         """Start (or join) the job; with --wait show a progress bar until it ends."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from bakehouse.client import APIError, JobFailed
-
-        client = _client()
-        jobs = getattr(client.targets, kind)
-        try:
+        with _server() as client:
+            jobs = getattr(client.targets, kind)
             if not wait:
                 typer.echo(json.dumps(jobs.run(target, repo_name=repo, poll=False)))
                 return
@@ -165,32 +174,20 @@ def _job_commands(kind: str) -> typer.Typer:
                     bars.update(task, completed=job.get("progress_percent") or 0, lines=job.get("lines") or 0, status=job["status"])
 
                 job = jobs.run(target, repo_name=repo, poll_interval=1.0, on_progress=show)
-        except JobFailed as failed:
-            _fail(Exception(f"{kind} failed: {failed.job.get('error')}"))
-        except APIError as error:
-            _fail(error)
         typer.echo(f"{kind} {job['status']}: {job['lines']} rows")
 
     @group.command("cancel")
     def cancel(target: str, repo: str = RepoOption) -> None:
         """Stop the job; its finished rows stay and the next `run` resumes from them."""
-        from bakehouse.client import APIError
-
-        try:
-            job = getattr(_client().targets, kind).cancel(target, repo_name=repo)
-        except APIError as error:
-            _fail(error)
+        with _server() as client:
+            job = getattr(client.targets, kind).cancel(target, repo_name=repo)
         typer.echo(f"{kind} {job['status']}: cancel requested ({job['lines']} rows kept)")
 
     @group.command("status")
     def status(target: str, repo: str = RepoOption) -> None:
         """Print the job's status as JSON."""
-        from bakehouse.client import APIError
-
-        try:
-            typer.echo(json.dumps(getattr(_client().targets, kind).get(target, repo_name=repo), indent=2))
-        except APIError as error:
-            _fail(error)
+        with _server() as client:
+            typer.echo(json.dumps(getattr(client.targets, kind).get(target, repo_name=repo), indent=2))
 
     @group.command("output")
     def output(
@@ -204,12 +201,8 @@ def _job_commands(kind: str) -> typer.Typer:
         from rich.console import Console
         from rich.table import Table
 
-        from bakehouse.client import APIError
-
-        try:
-            page = getattr(_client().targets, kind).get_output(target, repo_name=repo, limit=limit, offset=offset)
-        except APIError as error:
-            _fail(error)
+        with _server() as client:
+            page = getattr(client.targets, kind).get_output(target, repo_name=repo, limit=limit, offset=offset)
         if jsonl:
             for row in page["output"]:
                 sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -234,28 +227,30 @@ def _job_commands(kind: str) -> typer.Typer:
         repo: str = RepoOption,
         partial: bool = typer.Option(False, "--partial", help="Export the rows so far of a job that is not complete."),
     ) -> None:
-        """Write all rows to DESTINATION (any fsspec URL; .parquet or .jsonl)."""
+        """Write all rows to DESTINATION (any fsspec URL; .parquet or .jsonl).
+
+        The rows go to a local temporary file first and DESTINATION is written once all were read:
+        an error on the way leaves an existing file as it was."""
+        import tempfile
+
         import fsspec
 
-        from bakehouse.client import APIError, JobNotComplete
-
-        jobs = getattr(_client().targets, kind)
-        try:
+        if not destination.endswith((".parquet", ".jsonl", ".ndjson")):
+            _fail(Exception("destination must end in .parquet or .jsonl"))
+        with _server() as client, tempfile.TemporaryDirectory(prefix="bakehouse-export-") as scratch:
+            jobs, local = getattr(client.targets, kind), str(Path(scratch) / "rows")
             if destination.endswith(".parquet"):
                 frame = jobs.read_dataframe(target, repo_name=repo, allow_partial=partial)
-                with fsspec.open(destination, "wb") as handle:
-                    frame.write_parquet(handle)
+                frame.write_parquet(local)
                 count = frame.height
-            elif destination.endswith((".jsonl", ".ndjson")):
+            else:
                 count = 0
-                with fsspec.open(destination, "wt", encoding="utf-8") as handle:
+                with open(local, "w", encoding="utf-8") as handle:
                     for row in jobs.iter_output(target, repo_name=repo, allow_partial=partial):
                         handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                         count += 1
-            else:
-                _fail(Exception("destination must end in .parquet or .jsonl"))
-        except (APIError, JobNotComplete) as error:
-            _fail(error)
+            fs, path = fsspec.core.url_to_fs(destination)
+            fs.put_file(local, path)
         typer.echo(f"wrote {count} rows to {destination}")
 
     return group

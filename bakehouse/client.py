@@ -109,6 +109,13 @@ def _settle(job: dict[str, Any], raise_on_failure: bool) -> dict[str, Any]:
     return job
 
 
+def _dataframe(rows: list[dict[str, Any]]):
+    import polars as pl
+
+    # Keys such as `error` appear on some rows only: infer the schema from all of them, not the first 100.
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
 def _training_row(row: dict[str, Any]) -> dict[str, Any] | None:
     """A rollout row as a bake training example, or None when its trajectory failed (`error` set):
     there is nothing to learn from it."""
@@ -282,9 +289,7 @@ class Job(_Resource):
 
     def read_dataframe(self, target_name: str, *, repo_name: str, allow_partial: bool = False):
         """All rows as a polars DataFrame (nested columns as structs)."""
-        import polars as pl
-
-        return pl.DataFrame(list(self.iter_output(target_name, repo_name=repo_name, allow_partial=allow_partial)))
+        return _dataframe(list(self.iter_output(target_name, repo_name=repo_name, allow_partial=allow_partial)))
 
     def iter_training_rows(self, target_name: str, *, repo_name: str) -> Iterator[dict[str, Any]]:
         """Rollout rows as bake training examples: teacher and student chats ending in the response.
@@ -438,6 +443,9 @@ class AsyncJob(_AsyncResource):
             offset += len(page["output"])
             if not page["has_more"] or not page["output"]:
                 return
+
+    async def read_dataframe(self, target_name: str, *, repo_name: str, allow_partial: bool = False):
+        return _dataframe([row async for row in self.iter_output(target_name, repo_name=repo_name, allow_partial=allow_partial)])
 
     async def iter_training_rows(self, target_name: str, *, repo_name: str) -> AsyncIterator[dict[str, Any]]:
         async for row in self.iter_output(target_name, repo_name=repo_name):

@@ -23,6 +23,7 @@ class JobRef:
     workspace: str
     repo_name: str
     target_name: str
+    target_id: str  # a target deleted and created again under its name is another target
     kind: str
 
 
@@ -31,6 +32,7 @@ class Submission:
     process: subprocess.Popen
     attempt_before: int | None  # the job's attempt number when we submitted
     at: float
+    cancelled: bool = False
 
     @property
     def alive(self) -> bool:
@@ -79,6 +81,8 @@ class LocalRunner:
             if submission.alive and time.monotonic() - submission.at > start_timeout():
                 submission.process.kill()
                 submission.process.wait()
+            if submission.cancelled:
+                return JobStatus("failed", status.lines, status.total_expected, status.progress_percent, "cancelled", status.attempt)
             if submission.alive:
                 return JobStatus("not_started", status.lines, status.total_expected, status.progress_percent, None, status.attempt)
             code = submission.process.returncode
@@ -87,11 +91,20 @@ class LocalRunner:
                 return JobStatus("failed", status.lines, status.total_expected, status.progress_percent, error, status.attempt)
             return status
 
-    def cancel(self, ref: JobRef) -> None:
-        """Stop a worker that has not claimed its job yet (one that has sees the cancel request)."""
+    def active(self, ref: JobRef) -> bool:
+        """Whether a worker for the job is starting or working."""
         with self._lock:
-            submission = self._submissions.pop(ref, None)
+            submission = self._submissions.get(ref)
+            return submission is not None and submission.alive and not submission.cancelled
+
+    def cancel(self, ref: JobRef) -> None:
+        """Stop the job's worker. One that owns the job releases it at once (the cancel request on
+        storage makes the job read `failed`, "cancelled"); one still starting never takes it, and
+        the job reads the same until it is started again."""
+        with self._lock:
+            submission = self._submissions.get(ref)
             if submission is not None and submission.alive:
+                submission.cancelled = True
                 submission.process.terminate()
 
     def _reap(self) -> None:
@@ -147,7 +160,8 @@ class PrefectRunner:
             parameters: dict = {"job": job.model_dump()}
             if ref.kind == "rollout":
                 parameters["stimuli_per_shard"] = self.stimuli_per_shard
-            key = f"{ref.workspace}/{ref.repo_name}/{ref.target_name}/{ref.kind}/{(status.attempt or 0) + 1}/{resubmits}"
+            attempt = (status.attempt or 0) + 1
+            key = f"{ref.workspace}/{ref.repo_name}/{ref.target_name}/{ref.target_id}/{ref.kind}/{attempt}/{resubmits}"
             run = run_deployment(STIM if ref.kind == "stim" else ROLLOUT, parameters=parameters, timeout=0, idempotency_key=key)
             self._runs[ref] = (run.id, status.attempt, resubmits)
 
@@ -162,6 +176,13 @@ class PrefectRunner:
             return JobStatus("not_started", status.lines, status.total_expected, status.progress_percent, None, status.attempt)
         error = f"the flow run ended {state} before starting the job; see it in the Prefect UI"
         return JobStatus("failed", status.lines, status.total_expected, status.progress_percent, error, status.attempt)
+
+    def active(self, ref: JobRef) -> bool:
+        """Whether the job's flow run is queued or running."""
+        from flows.deployments import FINAL_STATES, flow_run_state
+
+        run = self._runs.get(ref)
+        return run is not None and flow_run_state(run[0]) not in FINAL_STATES
 
     def cancel(self, ref: JobRef) -> None:
         """Cancel the job's flow run in Prefect too (the UI shows it; a queued run never starts)."""

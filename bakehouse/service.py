@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from repo_store import Job, JobStatus, Workspace
+from repo_store import Job, JobStatus, StoredTarget, Workspace
 from targets import BakehouseError, InvalidInput, PromptSpec, RepoSpec, TargetSpec, parse
 
 from bakehouse.runner import JobRef
@@ -17,6 +17,8 @@ class Runner(Protocol):
     def submit(self, ref: JobRef, status: JobStatus) -> None: ...
 
     def view(self, ref: JobRef, status: JobStatus) -> JobStatus: ...
+
+    def active(self, ref: JobRef) -> bool: ...
 
     def cancel(self, ref: JobRef) -> None: ...
 
@@ -62,8 +64,8 @@ class Service:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def _ref(self, repo_name: str, target_name: str, kind: str) -> JobRef:
-        return JobRef(self.ws.name, repo_name, target_name, kind)
+    def _ref(self, repo_name: str, target: StoredTarget, kind: str) -> JobRef:
+        return JobRef(self.ws.name, repo_name, target.target_name, target.target_id, kind)
 
     def job_status(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any]]:
         status, config, _ = self._job(repo_name, target_name, kind)
@@ -72,7 +74,7 @@ class Service:
     def _job(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any], Job]:
         """The job's status as clients see it, its config echo, and the job (one read of target.json)."""
         target = self.ws.get_target(repo_name, target_name)
-        job, ref = self.ws.job_of(repo_name, target, kind), self._ref(repo_name, target_name, kind)
+        job, ref = self.ws.job_of(repo_name, target, kind), self._ref(repo_name, target, kind)
         status = job.status()
         viewed = self.runner.view(ref, status)
         if viewed.status == "failed" and status.status != "failed":
@@ -91,15 +93,16 @@ class Service:
                 raise InvalidInput("model_name must be configured in target")
         elif not target.config.generators:
             raise InvalidInput("Target must have generators and teacher prompt configured")
-        status = self.ws.job(repo_name, target_name, kind).status()
+        status = self.ws.job_of(repo_name, target, kind).status()
         if status.status not in ("running", "complete"):
-            self.runner.submit(self._ref(repo_name, target_name, kind), status)
+            self.runner.submit(self._ref(repo_name, target, kind), status)
         return self.job_status(repo_name, target_name, kind)
 
     def cancel_job(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any]]:
         """Ask the running attempt to stop; it keeps its committed rows and a later start resumes."""
-        self.ws.job(repo_name, target_name, kind).request_cancel()
-        self.runner.cancel(self._ref(repo_name, target_name, kind))
+        target = self.ws.get_target(repo_name, target_name)
+        self.ws.job_of(repo_name, target, kind).request_cancel()
+        self.runner.cancel(self._ref(repo_name, target, kind))
         return self.job_status(repo_name, target_name, kind)
 
     def read_output(self, repo_name: str, target_name: str, kind: str, offset: int, limit: int):
@@ -107,8 +110,10 @@ class Service:
         return status, config, self.ws.store.read_page(job, offset=offset, limit=limit)
 
     def delete_target(self, repo_name: str, target_name: str) -> None:
+        """Storage refuses while a job runs; a job only queued counts too, since its worker may be
+        about to claim it inside the target's folder."""
+        target = self.ws.get_target(repo_name, target_name)
         for kind in ("stim", "rollout"):
-            status, _ = self.job_status(repo_name, target_name, kind)
-            if status.status in ("running", "not_started") and status.attempt is not None:
-                raise InvalidInput(f"Target '{target_name}' has a {status.status} {kind} job; wait for it to finish")
+            if self.runner.active(self._ref(repo_name, target, kind)):
+                raise InvalidInput(f"Target '{target_name}' has a running {kind} job; wait for it or cancel it first")
         self.ws.delete_target(repo_name, target_name)

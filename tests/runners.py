@@ -20,6 +20,9 @@ class RecordingRunner:
     def view(self, ref, status: JobStatus) -> JobStatus:
         return status
 
+    def active(self, ref) -> bool:
+        return ref in self.submitted and ref not in self.cancelled
+
     def cancel(self, ref) -> None:
         self.cancelled.append(ref)
 

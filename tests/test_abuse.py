@@ -133,12 +133,27 @@ def test_cancel_marks_the_job_and_tells_the_runner(api):
     assert [ref.kind for ref in api["runner"].cancelled] == ["stim"]
 
 
+def test_a_queued_job_blocks_deleting_its_target_and_a_recreated_target_is_a_new_one(api):
+    client, runner = api["client"], api["runner"]
+    create = {"target_name": "t", "template": "default", "overrides": TARGET}
+    client.post("/v1/repo/r/targets", json=create)
+    client.post("/v1/repo/r/targets/t/stim")  # queued: storage still says not_started
+    refused = client.delete("/v1/repo/r/targets/t")
+    assert refused.status_code == 400 and refused.json()["code"] == "INVALID_INPUT"
+    client.post("/v1/repo/r/targets/t/stim/cancel")
+    assert client.delete("/v1/repo/r/targets/t").status_code == 200
+    client.post("/v1/repo/r/targets", json=create)
+    client.post("/v1/repo/r/targets/t/stim")
+    first, second = runner.submitted
+    assert (first.target_name, first.kind) == (second.target_name, second.kind) and first.target_id != second.target_id
+
+
 def test_local_runner_gives_up_on_a_worker_that_never_claims(tmp_path, monkeypatch):
     from bakehouse.runner import JobRef, LocalRunner
 
     monkeypatch.setenv("BAKEHOUSE_START_TIMEOUT", "0.2")
     runner = LocalRunner(str(tmp_path))
-    ref = JobRef("default", "r", "t", "stim")
+    ref = JobRef("default", "r", "t", "t-id", "stim")
     idle = JobStatus("not_started")
     runner.submit(ref, idle)
     runner.submit(ref, idle)
@@ -148,6 +163,12 @@ def test_local_runner_gives_up_on_a_worker_that_never_claims(tmp_path, monkeypat
     assert viewed.status == "failed" and "before starting the job" in viewed.error
     runner.submit(ref, idle)  # a new start replaces the failed one
     assert runner.started == 2
+    assert runner.active(ref)
     runner.cancel(ref)
     runner.close()
-    assert runner.view(ref, idle).status == "not_started"  # cancelled: nothing pending any more
+    assert not runner.active(ref)
+    # Cancelled before it claimed the job: a terminal state, or pollers would wait forever.
+    assert (runner.view(ref, idle).status, runner.view(ref, idle).error) == ("failed", "cancelled")
+    runner.submit(ref, idle)  # started again: on its way again
+    assert runner.active(ref) and runner.started == 3
+    runner.close()

@@ -128,6 +128,15 @@ def test_whole_flow_through_our_sdk(api):
     assert (again["status"], again["job_id"]) == ("complete", rollout["job_id"])
 
 
+def test_dataframes_keep_keys_that_only_late_rows_have():
+    from bakehouse.client import _dataframe
+
+    rows = [{"stimulus_id": i, "response": {"content": "a"}} for i in range(150)]
+    rows[120] = {"stimulus_id": 120, "response": None, "error": "too long"}
+    frame = _dataframe(rows)
+    assert frame.height == 150 and frame["error"].to_list()[120] == "too long" and frame["error"].null_count() == 149
+
+
 @pytest.mark.anyio
 async def test_whole_flow_through_our_async_sdk(api):
     make_target(client(api), "async")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -104,6 +105,12 @@ def test_errors_print_the_server_message_and_exit_non_zero(server, monkeypatch):
     assert result.exit_code == 1 and "Repository 'missing' not found" in result.output
     result = CliRunner().invoke(app, ["stim", "run", "nope", "--repo", "missing", "--no-wait"])
     assert result.exit_code == 1 and "scope" in result.output
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("BAKEHOUSE_BASE_URL", f"http://127.0.0.1:{unused.getsockname()[1]}")
+        for command in (["stim", "status", "t"], ["rollout", "run", "t"], ["rollout", "output", "t"], ["stim", "cancel", "t"]):
+            result = CliRunner().invoke(app, [*command, "--repo", "r"])
+            assert result.exit_code == 1 and "cannot reach the server at http://127.0.0.1:" in result.output, result.output
 
 
 @pytest.mark.vllm
@@ -136,5 +143,8 @@ def test_reading_everything_of_an_unfinished_job_needs_consent(server, monkeypat
     assert list(client.targets.stim.iter_output("t", repo_name="partial", allow_partial=True)) == []
     monkeypatch.setenv("BAKEHOUSE_BASE_URL", server["url"])
     monkeypatch.setenv("BAKEHOUSE_API_KEY", key)
-    result = CliRunner().invoke(app, ["stim", "export", "t", str(tmp_path / "x.jsonl"), "--repo", "partial"])
+    earlier = tmp_path / "x.jsonl"
+    earlier.write_text('{"an": "earlier export"}\n')
+    result = CliRunner().invoke(app, ["stim", "export", "t", str(earlier), "--repo", "partial"])
     assert result.exit_code == 1 and "allow_partial" in result.output
+    assert earlier.read_text() == '{"an": "earlier export"}\n'  # refused before anything was written

@@ -177,6 +177,7 @@ def _generate(
     plan = job.plan() or {}
     size, stimuli, num_chunks = plan["stimuli_per_chunk"], plan["stimuli"], plan["num_chunks"]
     done = set(job.chunks())
+    committed = len(done)  # counted here: listing every marker after each commit grows with the job
     wanted = {c for c in chunks if c not in done}
     attempt.raise_if_cancelled()
     if not wanted:
@@ -210,7 +211,8 @@ def _generate(
                 raise EngineError(f"every request of chunk {chunk} failed, e.g.: {errors[0]}")
             rows = _trajectory_rows(results, config, counters)
             attempt.commit_chunk(chunk, rows_to_table(rows, ["stimulus_id", "trajectory_id"]))
-            progress.update(100.0 * len(job.chunks()) / num_chunks)
+            committed += 1
+            progress.update(100.0 * committed / num_chunks)
             attempt.raise_if_cancelled()
 
 

@@ -40,11 +40,19 @@ def check_source(url: str, data_url: str) -> str:
     return url
 
 
+# Protocol names fsspec serves with one filesystem: compared as one, or `s3a://` would pass for
+# somewhere other than `s3://`.
+_SAME_BACKEND = {"s3a": "s3", "gs": "gcs", "local": "file"}
+
+
 def _normalise(url: str) -> str:
+    if "::" in url:  # fsspec URL chaining (`simplecache::s3://...`) hides the real location
+        raise InvalidInput(f"{url}: chained URLs cannot be used as a source")
     protocol, _, rest = url.partition("://")
     if not rest:  # a local path: resolve `..` and links so it cannot sneak out of a root
         return "file://" + os.path.realpath(url)
-    if protocol in ("file", "local"):
+    protocol = _SAME_BACKEND.get(protocol.lower(), protocol.lower())
+    if protocol == "file":
         return "file://" + os.path.realpath(rest)
     return f"{protocol}://{posixpath.normpath(rest)}"
 

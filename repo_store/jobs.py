@@ -124,6 +124,15 @@ class Job:
             found[index] = self._chunk_cache[index]
         return found
 
+    def chunk(self, index: int) -> ChunkRecord | None:
+        """One committed chunk's marker (one read, none once seen), None when it is not committed."""
+        if index not in self._chunk_cache:
+            data = self.storage.read_json(self._path("chunks", f"{index:06d}.json"))
+            if data is None:
+                return None
+            self._chunk_cache[index] = ChunkRecord.from_json(data)
+        return self._chunk_cache[index]
+
     def committed_parts(self) -> list[PartInfo]:
         """Parts in output order: the manifest's when complete, else the unbroken prefix of chunks.
 
@@ -227,8 +236,12 @@ class Job:
         gen = (latest[0] + 1) if latest else 1
         token = uuid.uuid4().hex
         claim = {"gen": gen, "owner": owner, "token": token, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
-        if not self.storage.create_json(self._claims_path(scope, "claims", _gen_name(gen)), claim):
-            return None
+        path = self._claims_path(scope, "claims", _gen_name(gen))
+        if not self.storage.create_json(path, claim):
+            # Lost the race, or our own PUT landed and its retry was refused: the token decides.
+            stored = self.storage.read_json(path)
+            if stored is None or stored.get("token") != token:
+                return None
         attempt = Attempt(self, gen, token, scope, gen if not scope else parent_gen)
         attempt.heartbeat()
         return attempt
@@ -263,11 +276,14 @@ class Job:
                     yield from decode_rows(parquet.read_row_group(index, columns=[ROW_COLUMN]))
 
     def chunk_rows(self, index: int) -> list[dict[str, Any]]:
-        return decode_rows(self.read_chunk_table(index))
+        record = self.chunk(index)
+        if record is None:
+            raise KeyError(f"chunk {index} of {self.folder} is not committed")
+        return decode_rows(self.read_chunk_table(record))
 
-    def read_chunk_table(self, index: int) -> pa.Table:
+    def read_chunk_table(self, record: ChunkRecord) -> pa.Table:
         """A committed chunk's rows, checked against its marker (bytes, row count, readable)."""
-        record = self.chunks()[index]
+        index = record.index
         data = self.storage.read_bytes(self.part_path(record.part))
         if data is None or len(data) != record.part.bytes:
             raise DamagedChunks([index], f"chunk {index}: part missing or of the wrong size")
@@ -361,7 +377,10 @@ class Attempt:
         self.job.storage.write_bytes(self.job.part_path(part), data)
         record = {"index": index, "part": part.to_json(), "gen": self.gen, "token": self.token, "stats": stats or {}}
         self.job.storage.create_json(self.job._path("chunks", f"{index:06d}.json"), record)
-        return self.job.chunks()[index]
+        committed = self.job.chunk(index)  # read back: whoever's token is in it won
+        if committed is None:
+            raise RuntimeError(f"chunk {index} of {self.job.folder}: its marker is not readable after creating it")
+        return committed
 
     def complete(self, num_chunks: int, summary: dict[str, Any] | None = None) -> dict[str, Any]:
         """Compact every chunk into large parts and create the manifest (the job's commit point)."""
@@ -408,8 +427,13 @@ class Attempt:
     def _write_compacted(self, group: list[ChunkRecord]) -> PartInfo:
         """One large part from consecutive chunks, streamed to storage one row group at a time."""
         path = f"parts/compact-{group[0].index:06d}-g{self.gen:06d}-{_unique()}.parquet"
+        def tables() -> Iterator[pa.Table]:
+            for record in group:
+                yield self.job.read_chunk_table(record)
+                self.touch()  # compacting a large job takes a while: it is progress, keep the lease
+
         with self.job.storage.open_for_write(self.job._path(path)) as sink:
-            row_groups = write_part_to((self.job.read_chunk_table(r.index) for r in group), sink)
+            row_groups = write_part_to(tables(), sink)
         return PartInfo(path=path, rows=sum(r.part.rows for r in group), bytes=self.job.storage.size(self.job._path(path)),
                         row_groups=row_groups)
 

@@ -3,9 +3,14 @@
 Create-if-absent is the only primitive the job protocol needs, and it must be atomic on every backend:
 - local disk: write a temp file, fsync, then `os.link` it to the final name (link fails if the name
   exists). fsspec's local `pipe_file(mode="create")` checks then writes, so it is NOT atomic.
-- S3: a conditional PUT (`If-None-Match: *`) through s3fs `pipe_file(..., mode="create")`. Real S3 may
-  answer a concurrent conditional write with 409, or a retried PUT that already succeeded with 412:
-  both surface as a plain OSError, so on any error we re-read the object and compare the content.
+- S3: a conditional PUT (`If-None-Match: *`) through s3fs `pipe_file(..., mode="create")`. The object
+  existing (412) is FileExistsError, also when it is our own PUT that landed before a retry of it;
+  so "False" means "exists now", and callers that must know who won (claims, chunk markers) put a
+  token in the content and read it back. Real S3 may answer a concurrent conditional write with 409
+  (a plain OSError): then the stored content decides.
+
+Local writes are fsynced before anything names them: a marker or manifest that survives a power cut
+never names a part that did not.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, BinaryIO
 
 import fsspec
 
@@ -86,10 +93,19 @@ class Storage:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def open_for_write(self, path: str):
+    @contextmanager
+    def open_for_write(self, path: str) -> Iterator[BinaryIO]:
         """A streaming writer for a file no reader looks at until something names it (a part
         before its marker or manifest exists): no temp-file dance needed."""
-        return self.fs.open(path, "wb")
+        if not self.is_local:
+            with self.fs.open(path, "wb") as handle:
+                yield handle
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Overwrite (for files only their single writer ever changes, e.g. a heartbeat)."""
@@ -99,6 +115,8 @@ class Storage:
             tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
             with open(tmp, "wb") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
         else:
             self.fs.pipe_file(path, data)
@@ -120,8 +138,7 @@ class Storage:
         except FileExistsError:
             return False
         except OSError:
-            # 409 (concurrent conditional write) or 412 on a retried PUT that had succeeded:
-            # the object's content says whether it is ours.
+            # 409: a concurrent conditional write; the object's content says whether it is ours.
             existing = self.read_bytes(path)
             if existing is None:
                 raise

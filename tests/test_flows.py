@@ -356,3 +356,27 @@ def test_sources_inside_bakehouse_storage_or_outside_allowed_roots_are_refused(s
     monkeypatch.setenv("BAKEHOUSE_SOURCE_ROOTS", str(tmp_path))
     setup_target(ws, [{"type": "from_dataset", "dataset": str(outside), "numq": 1}], name="allowed")
     assert run_stim(ws, "r", "allowed", engines=CountingEngines()).lines == 1
+
+
+def test_rollout_storage_listings_do_not_grow_with_the_number_of_chunks(store, monkeypatch):
+    """Committing a chunk, reporting progress and compacting read markers directly: a LIST per chunk
+    would make a million-stimulus rollout on S3 quadratic."""
+    monkeypatch.setenv("BAKEHOUSE_ROLLOUT_CHUNK", "2")
+    listings: dict[str, int] = {}
+    original = type(store.storage).list_names
+
+    def counting(storage, folder):
+        listings[folder.rstrip("/").rsplit("/", 1)[-1]] = listings.get(folder.rstrip("/").rsplit("/", 1)[-1], 0) + 1
+        return original(storage, folder)
+
+    monkeypatch.setattr(type(store.storage), "list_names", counting)
+    counts = {}
+    for name, stimuli in (("small", 8), ("large", 80)):  # 4 and 40 chunks
+        ws = store.workspace()
+        setup_target(ws, [{"type": "hardcoded", "questions": questions(stimuli)}], name=name, num_traj_per_stimulus=2)
+        run_stim(ws, "r", name, engines=CountingEngines())
+        listings.clear()
+        status = run_rollout(ws, "r", name, engines=CountingEngines())
+        assert (status.status, status.lines) == ("complete", stimuli * 2)
+        counts[name] = listings.get("chunks", 0)
+    assert counts["large"] == counts["small"], counts

@@ -43,6 +43,21 @@ def test_keys_verify_whatever_characters_the_random_part_holds(store, monkeypatc
     assert store.keys.verify(secret.replace(key.key_id, "0" * 16)) is None
 
 
+def test_sources_cannot_reach_bakehouse_storage_under_another_spelling(tmp_path):
+    from repo_store.datasets import check_source
+
+    for url in ["s3a://bucket/data/workspaces/x/part.parquet", "S3://bucket/data/a/../workspaces/x.parquet",
+                "simplecache::s3://bucket/data/x.parquet", "s3://bucket/data/x.parquet"]:
+        with pytest.raises(InvalidInput):
+            check_source(url, "s3://bucket/data")
+    assert check_source("s3://bucket/elsewhere/q.parquet", "s3://bucket/data") == "s3://bucket/elsewhere/q.parquet"
+    assert check_source("s3://bucket/database/q.parquet", "s3://bucket/data")  # a sibling prefix is not inside
+    with pytest.raises(InvalidInput):
+        check_source(f"file://{tmp_path}/data/x.parquet", str(tmp_path / "data"))
+    with pytest.raises(InvalidInput):
+        check_source(f"local://{tmp_path}/other/../data/x.parquet", str(tmp_path / "data"))
+
+
 # -- resources -----------------------------------------------------------------------------------
 
 
@@ -255,6 +270,24 @@ def test_eight_threads_claim_one_job_one_wins(store):
             t.join()
         assert len(winners) == 1
         assert job.status().status == "running"
+
+
+def test_a_claim_whose_put_landed_before_its_retry_was_refused_is_still_ours(store, monkeypatch):
+    # On S3, a conditional PUT that times out after landing is retried by the client and refused
+    # (412): the create reports "exists". The claim must read its token back, not give up the job.
+    job = protocol_job(store, "retried")
+    create = type(store.storage).create_bytes
+
+    def landed_then_refused(storage, path, data):
+        create(storage, path, data)
+        return False
+
+    monkeypatch.setattr(type(store.storage), "create_bytes", landed_then_refused)
+    attempt = job.claim("retrying")
+    assert attempt is not None and job.status().status == "running"
+    assert job.claim("another") is None  # and it is exclusive as ever
+    monkeypatch.undo()
+    attempt.complete(0)
 
 
 def _claim_in_process(url, start, result):

@@ -82,8 +82,9 @@ def run_stim(
             missing = [i for i in range(plan["num_chunks"]) if i not in done]
             if not missing:
                 return
-            # Questions committed before the first missing generator: later ones must not repeat them.
-            seen = {_question(row) for row in job.iter_rows()}
+            # Questions committed before the first missing generator: later ones must not repeat them
+            # (read chunk by chunk, each checked against its marker: a damaged one is redone).
+            seen = {_question(row) for index in range(missing[0]) for row in job.chunk_rows(index)}
             next_id = sum(done[i].part.rows for i in range(missing[0]))
             for index in range(missing[0], plan["num_chunks"]):
                 attempt.raise_if_cancelled()

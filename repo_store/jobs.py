@@ -391,13 +391,9 @@ class Attempt:
         missing = [i for i in range(num_chunks) if i not in chunks]
         if missing:
             raise RuntimeError(f"cannot complete {self.job.folder}: chunks {missing[:10]} are not committed")
-        try:
-            parts = list(self._compact([chunks[i] for i in range(num_chunks)]))
-        except DamagedChunks as damaged:
-            # Never publish damaged rows: forget those chunks so the caller generates them again.
-            for index in damaged.indices:
-                self.discard_chunk(index)
-            raise
+        # A damaged chunk raises DamagedChunks before anything is published; the caller discards
+        # it and generates it again (flows.runtime.complete_repairing).
+        parts = list(self._compact([chunks[i] for i in range(num_chunks)]))
         manifest = {
             "kind": self.job.kind,
             "gen": self.gen,

@@ -10,6 +10,7 @@ import pytest
 from flows.engines.fake import FakeEngine
 from flows.rollout import run_rollout
 from flows.stim import run_stim
+from repo_store import Store
 from targets import InvalidInput, PromptSpec, RepoSpec, TargetSpec
 
 
@@ -271,6 +272,27 @@ def test_damaged_chunk_is_regenerated_not_served(store):
     assert again.requests == 30 - 10 + 5  # the missing chunks plus the damaged one
     rows = ws.read_page("r", "t", "rollout", offset=0, limit=1000).rows
     assert [(r["stimulus_id"], r["trajectory_id"]) for r in rows] == [(s, t) for s in range(30) for t in range(2)]
+
+
+def test_several_damaged_stim_chunks_are_all_regenerated_in_one_run(store):
+    ws = store.workspace()
+    generators = [{"type": "hardcoded", "questions": questions(3, prefix=f"g{g}")} for g in range(5)]
+    setup_target(ws, generators)
+    assert run_stim(ws, "r", "t", engines=CountingEngines()).status == "complete"
+    job = ws.job("r", "t", "stim")
+    expected = [(r["stimulus_id"], r["unconditioned_stimulus"]["messages"][-1]["content"]) for r in job.iter_rows()]
+    # As after a crash before the manifest, with chunks 0, 2 and 3 damaged and 4 missing; then a new
+    # process (a fresh Store) starts the job again.
+    store.storage.delete_tree(job._path("manifest.json"))
+    for index in (0, 2, 3):
+        path = job.part_path(job.chunks()[index].part)
+        store.storage.write_bytes(path, store.storage.read_bytes(path)[:-30])
+    store.storage.delete_tree(job._path("chunks", "000004.json"))
+    ws = Store(store.storage.url).workspace()
+    job = ws.job("r", "t", "stim")
+    status = run_stim(ws, "r", "t", engines=CountingEngines())
+    assert (status.status, status.lines) == ("complete", 15)
+    assert [(r["stimulus_id"], r["unconditioned_stimulus"]["messages"][-1]["content"]) for r in job.iter_rows()] == expected
 
 
 def test_storage_outage_fails_the_job_clearly_then_it_resumes(store, monkeypatch):

@@ -89,8 +89,10 @@ class Job:
         self.storage = storage
         self.folder = folder
         self.kind = kind
-        # Markers and the manifest never change once written, so a parsed copy stays true.
-        self._chunk_cache: dict[int, ChunkRecord] = {}
+        # The manifest never changes once written, so a parsed copy stays true. A chunk marker only
+        # changes when its owner repairs a damaged chunk, so parsed markers are kept with the
+        # version tag their listing showed and read again when it changes.
+        self._chunk_cache: dict[int, tuple[str | None, ChunkRecord]] = {}
         self._manifest: dict[str, Any] | None = None
         self._plan: dict[str, Any] | None = None
 
@@ -112,17 +114,18 @@ class Job:
     def chunks(self) -> dict[int, ChunkRecord]:
         """Every committed chunk (one listing; markers already seen are not re-read)."""
         found: dict[int, ChunkRecord] = {}
-        for name in self.storage.list_names(self._path("chunks")):
+        for name, version in self.storage.list_versions(self._path("chunks")).items():
             if not name.endswith(".json"):
                 continue
             index = int(name.removesuffix(".json"))
-            if index not in self._chunk_cache:
+            cached = self._chunk_cache.get(index)
+            if cached is None or cached[0] != version:
                 data = self.storage.read_json(self._path("chunks", name))
                 if data is None:
                     continue
-                self._chunk_cache[index] = ChunkRecord.from_json(data)
-            found[index] = self._chunk_cache[index]
-        return found
+                cached = self._chunk_cache[index] = (version, ChunkRecord.from_json(data))
+            found[index] = cached[1]
+        return dict(sorted(found.items()))
 
     def chunk(self, index: int) -> ChunkRecord | None:
         """One committed chunk's marker (one read, none once seen), None when it is not committed."""
@@ -130,8 +133,8 @@ class Job:
             data = self.storage.read_json(self._path("chunks", f"{index:06d}.json"))
             if data is None:
                 return None
-            self._chunk_cache[index] = ChunkRecord.from_json(data)
-        return self._chunk_cache[index]
+            self._chunk_cache[index] = (None, ChunkRecord.from_json(data))  # next listing tags it
+        return self._chunk_cache[index][1]
 
     def committed_parts(self) -> list[PartInfo]:
         """Parts in output order: the manifest's when complete, else the unbroken prefix of chunks.

@@ -74,12 +74,21 @@ class Storage:
 
     def list_names(self, folder: str) -> list[str]:
         """Names directly inside `folder` (sorted); empty when it does not exist."""
+        return sorted(self.list_versions(folder))
+
+    def list_versions(self, folder: str) -> dict[str, str]:
+        """Names directly inside `folder`, each with a tag that changes when the file is replaced
+        (S3: the ETag; local: inode and mtime), from the same one listing."""
         try:
-            entries = self.fs.ls(folder, detail=False, **({} if self.is_local else {"refresh": True}))
+            entries = self.fs.ls(folder, detail=True, **({} if self.is_local else {"refresh": True}))
         except FileNotFoundError:
-            return []
-        names = sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
-        return [n for n in names if n and not n.startswith(".")]  # dot files are in-flight temp files
+            return {}
+        versions = {}
+        for entry in entries:
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            if name and not name.startswith("."):  # dot files are in-flight temp files
+                versions[name] = str(entry.get("ETag") or (entry.get("ino"), entry.get("mtime")))
+        return versions
 
     def open_for_range_reads(self, path: str, size: int):
         """A file handle that fetches only the byte ranges asked for (no read-ahead, no HEAD)."""

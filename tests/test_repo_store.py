@@ -290,6 +290,23 @@ def test_a_claim_whose_put_landed_before_its_retry_was_refused_is_still_ours(sto
     attempt.complete(0)
 
 
+def test_a_repaired_chunk_is_seen_by_other_processes_not_the_damaged_one(store):
+    worker_job = protocol_job(store, "repair")
+    reader_job = protocol_job(Store(store.storage.url), "repair")  # e.g. the API server's view
+    attempt = worker_job.claim("worker")
+    for index in range(3):
+        attempt.commit_chunk(index, chunk_table(index, 4))
+    before = reader_job.chunks()[1]
+    assert [r["stimulus_id"] for r in page(store, reader_job, offset=4, limit=4).rows] == [4, 5, 6, 7]
+    attempt.discard_chunk(1)  # found damaged by its owner
+    assert sorted(reader_job.chunks()) == [0, 2]
+    redone = attempt.commit_chunk(1, chunk_table(1, 4))
+    assert redone.part.path != before.part.path
+    assert reader_job.chunks()[1] == redone
+    assert [r["stimulus_id"] for r in page(store, reader_job, offset=4, limit=4).rows] == [4, 5, 6, 7]
+    attempt.complete(3)
+
+
 def _claim_in_process(url, start, result):
     store = Store(url)
     start.wait()

@@ -120,6 +120,18 @@ def keys_create(
     typer.echo(secret)
 
 
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, data: Optional[str] = DataOption) -> None:
+    """Revoke a key by its id: it stops working at once here, within a minute in running servers."""
+    from repo_store import Store
+
+    try:
+        key = Store(data).keys.revoke(key_id)
+    except KeyError as error:
+        _fail(Exception(error.args[0]))
+    typer.echo(f"Revoked key {key.key_id} (workspace {key.workspace}, scope {key.scope}).")
+
+
 @keys_app.command("list")
 def keys_list(data: Optional[str] = DataOption) -> None:
     """List keys (ids, workspaces and scopes; secrets are not stored)."""

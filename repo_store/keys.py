@@ -34,7 +34,7 @@ class ApiKey:
 
 class KeyStore:
     # Verified keys are remembered briefly so a busy client costs one storage read a minute, not one
-    # per request; keys never change once created.
+    # per request; a revoked key therefore stops working within this time in running servers.
     CACHE_SECONDS = 60.0
 
     def __init__(self, storage: Storage):
@@ -82,6 +82,15 @@ class KeyStore:
             return None
         if not hmac.compare_digest(record["sha256"], digest):
             return None
+        return ApiKey(record["key_id"], record["workspace"], record["scope"], record.get("name", ""))
+
+    def revoke(self, key_id: str) -> ApiKey:
+        """Delete a key's record: its secret stops verifying (within CACHE_SECONDS in running servers)."""
+        record = self.storage.read_json(self._path(key_id)) if key_id.isalnum() else None
+        if record is None:
+            raise KeyError(f"no key with id {key_id!r}; `bakehouse keys list` shows them")
+        self.storage.delete_tree(self._path(key_id))
+        self._verified = {digest: entry for digest, entry in self._verified.items() if entry[0].key_id != key_id}
         return ApiKey(record["key_id"], record["workspace"], record["scope"], record.get("name", ""))
 
     def list(self) -> list[ApiKey]:

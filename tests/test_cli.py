@@ -60,6 +60,21 @@ def test_keys_create_prints_the_secret_alone_on_the_last_line(tmp_path):
     assert key is not None and (key.workspace, key.scope) == ("w", "read")
 
 
+def test_keys_revoke_stops_a_key_and_names_unknown_ids(tmp_path):
+    store = Store(str(tmp_path))
+    kept, kept_secret = store.keys.create(workspace="w", scope="read")
+    gone, gone_secret = store.keys.create(workspace="w", scope="write")
+    assert store.keys.verify(gone_secret) == gone  # cached as verified
+    result = CliRunner().invoke(app, ["keys", "revoke", gone.key_id, "--data", str(tmp_path)])
+    assert result.exit_code == 0 and gone.key_id in result.output
+    assert Store(str(tmp_path)).keys.verify(gone_secret) is None
+    assert store.keys.verify(kept_secret) == kept
+    assert [k.key_id for k in store.keys.list()] == [kept.key_id]
+    for unknown in (gone.key_id, "../keys"):
+        result = CliRunner().invoke(app, ["keys", "revoke", unknown, "--data", str(tmp_path)])
+        assert result.exit_code == 1 and "no key with id" in result.output
+
+
 def test_apply_run_status_output_and_export(server, tmp_path, monkeypatch):
     key = Store(server["data"]).keys.create(workspace="default", scope="write")[1]
     monkeypatch.setenv("BAKEHOUSE_BASE_URL", server["url"])

@@ -88,10 +88,16 @@ def run_stim(
             next_id = sum(done[i].part.rows for i in range(missing[0]))
             for index in range(missing[0], plan["num_chunks"]):
                 attempt.raise_if_cancelled()
-                if index in done:  # committed after a chunk being redone: its questions and ids stand
-                    seen.update(_question(row) for row in job.chunk_rows(index))
-                    next_id += done[index].part.rows
-                    continue
+                if index in done:
+                    # Committed after a chunk being redone: it stands if it still lines up (ids follow
+                    # on, no question the redone chunks now hold). A model that answered differently
+                    # the second time shifts it, and then it is redone too.
+                    kept = job.chunk_rows(index)
+                    if (not kept or kept[0]["stimulus_id"] == next_id) and not any(_question(r) in seen for r in kept):
+                        seen.update(_question(row) for row in kept)
+                        next_id += len(kept)
+                        continue
+                    attempt.discard_chunk(index)
                 rows, stats = stimuli(config.generators[index], index, next_id, set(seen))
                 attempt.touch()
                 record = attempt.commit_chunk(index, rows_to_table(rows, ["stimulus_id"]), stats)

@@ -295,6 +295,37 @@ def test_several_damaged_stim_chunks_are_all_regenerated_in_one_run(store):
     assert [(r["stimulus_id"], r["unconditioned_stimulus"]["messages"][-1]["content"]) for r in job.iter_rows()] == expected
 
 
+def test_a_redone_stim_chunk_that_comes_out_differently_realigns_the_chunks_after_it(store, monkeypatch):
+    import dataclasses
+
+    import flows.stim
+
+    ws = store.workspace()
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(4, prefix="a")},
+                      {"type": "hardcoded", "questions": questions(3, prefix="b")},
+                      {"type": "hardcoded", "questions": questions(3, prefix="c")}])
+    run_stim(ws, "r", "t", engines=CountingEngines())
+    job = ws.job("r", "t", "stim")
+    # Chunk 0 lost before the manifest; generated again, the "model" now writes 3 questions, one of
+    # which generator 1 had asked.
+    store.storage.delete_tree(job._path("manifest.json"))
+    store.storage.delete_tree(job._path("chunks", "000000.json"))
+    original = flows.stim.run_generator
+
+    def answers_differently(generator, *, index, **kwargs):
+        output = original(generator, index=index, **kwargs)
+        return dataclasses.replace(output, questions=["a 0?", "a 1?", "b 0?"]) if index == 0 else output
+
+    monkeypatch.setattr(flows.stim, "run_generator", answers_differently)
+    ws = Store(store.storage.url).workspace()
+    status = run_stim(ws, "r", "t", engines=CountingEngines())
+    rows = list(ws.job("r", "t", "stim").iter_rows())
+    assert status.lines == len(rows) == 8
+    assert [r["stimulus_id"] for r in rows] == list(range(8))
+    assert [r["unconditioned_stimulus"]["messages"][-1]["content"] for r in rows] == [
+        "a 0?", "a 1?", "b 0?", "b 1?", "b 2?", "c 0?", "c 1?", "c 2?"]
+
+
 def test_storage_outage_fails_the_job_clearly_then_it_resumes(store, monkeypatch):
     from botocore.exceptions import EndpointConnectionError
 

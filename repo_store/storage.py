@@ -74,21 +74,38 @@ class Storage:
 
     def list_names(self, folder: str) -> list[str]:
         """Names directly inside `folder` (sorted); empty when it does not exist."""
+        if self.is_local:
+            return sorted(name for name, _ in self._scan_local(folder, stat=False))
         return sorted(self.list_versions(folder))
 
     def list_versions(self, folder: str) -> dict[str, str]:
         """Names directly inside `folder`, each with a tag that changes when the file is replaced
         (S3: the ETag; local: inode and mtime), from the same one listing."""
+        if self.is_local:
+            return dict(self._scan_local(folder, stat=True))
         try:
-            entries = self.fs.ls(folder, detail=True, **({} if self.is_local else {"refresh": True}))
+            entries = self.fs.ls(folder, detail=True, refresh=True)
         except FileNotFoundError:
             return {}
         versions = {}
         for entry in entries:
             name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
             if name and not name.startswith("."):  # dot files are in-flight temp files
-                versions[name] = str(entry.get("ETag") or (entry.get("ino"), entry.get("mtime")))
+                versions[name] = str(entry.get("ETag"))
         return versions
+
+    @staticmethod
+    def _scan_local(folder: str, *, stat: bool) -> Iterator[tuple[str, str]]:
+        # os.scandir rather than fsspec's ls: names without a stat call each (a job has thousands
+        # of chunk markers); the stat only when versions are asked for.
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if not entry.name.startswith("."):  # dot files are in-flight temp files
+                        info = entry.stat() if stat else None
+                        yield entry.name, f"{info.st_ino}:{info.st_mtime_ns}" if info else ""
+        except (FileNotFoundError, NotADirectoryError):
+            return
 
     def open_for_range_reads(self, path: str, size: int):
         """A file handle that fetches only the byte ranges asked for (no read-ahead, no HEAD)."""

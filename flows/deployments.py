@@ -37,7 +37,7 @@ class DeploymentShardLauncher:
     def __init__(self, job: TargetJob):
         self.job = job
 
-    def launch(self, shard: int, job_gen: int, launch_number: int) -> Any:
+    def launch(self, shard: int, job_gen: int, launch_number: int, attempt_token: str) -> Any:
         from prefect.deployments import run_deployment
 
         run = run_deployment(
@@ -45,8 +45,10 @@ class DeploymentShardLauncher:
             parameters={"job": self.job.model_dump(), "shard": shard, "job_attempt": job_gen},
             timeout=0,
             as_subflow=True,
-            # A repeated launch of the same shard for the same attempt is the same flow run.
-            idempotency_key=f"{self.job.workspace}/{self.job.repo_name}/{self.job.target_name}/rollout/{job_gen}/shard-{shard}/{launch_number}",
+            # A repeated launch of the same shard by the same attempt is the same flow run. The token,
+            # not the names: a target created again under its name (or the same names in another data
+            # folder sharing this Prefect server) starts its generations at 1 again.
+            idempotency_key=f"rollout/{attempt_token}/shard-{shard}/{launch_number}",
         )
         return run.id
 

@@ -40,7 +40,8 @@ def chunk_size_from_env() -> int:
 class ShardLauncher(Protocol):
     """Starts one shard of a rollout somewhere (a Prefect deployment, a thread in tests)."""
 
-    def launch(self, shard: int, job_gen: int, launch_number: int) -> Any: ...
+    def launch(self, shard: int, job_gen: int, launch_number: int, attempt_token: str) -> Any:
+        """Start shard `shard` for job attempt `job_gen` (whose unique token is `attempt_token`)."""
 
     def finished(self, handle: Any) -> bool: ...
 
@@ -249,7 +250,7 @@ def _supervise(
                 raise RuntimeError(f"shard {shard} did not finish after {MAX_SHARD_LAUNCHES} launches")
             launches[shard] = launches.get(shard, 0) + 1
             logger.info("rollout %s: launching shard %d (launch %d)", job.folder, shard, launches[shard])
-            launched[shard] = (launcher.launch(shard, attempt.gen, launches[shard]), latest_gen)
+            launched[shard] = (launcher.launch(shard, attempt.gen, launches[shard], attempt.token), latest_gen)
         time.sleep(SUPERVISE_SECONDS)
 
 

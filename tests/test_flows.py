@@ -180,13 +180,14 @@ class ThreadLauncher:
     def __init__(self, ws, crash_first=()):
         import threading
 
-        self.ws, self.crash_first, self.launches = ws, set(crash_first), []
+        self.ws, self.crash_first, self.launches, self.tokens = ws, set(crash_first), [], set()
         self._threading = threading
 
-    def launch(self, shard, job_gen, launch_number):
+    def launch(self, shard, job_gen, launch_number, attempt_token):
         from flows.rollout import run_rollout_shard
 
         self.launches.append((shard, launch_number))
+        self.tokens.add(attempt_token)
         crash = shard in self.crash_first and launch_number == 1
         engines = CountingEngines(crash_after=7 if crash else None)
 
@@ -213,6 +214,7 @@ def test_sharded_rollout_relaunches_a_dead_shard_and_keeps_its_chunks(store, mon
     status = run_rollout(ws, "r", "t", engines=CountingEngines(), chunk_size=5, launcher=launcher, stimuli_per_shard=30)
     assert (status.status, status.lines, status.summary["shards"]) == ("complete", 200, 4)
     assert sorted(launcher.launches) == [(0, 1), (1, 1), (1, 2), (2, 1), (3, 1)]
+    assert len(launcher.tokens) == 1  # every launch came from the one supervising attempt
     job = ws.job("r", "t", "rollout")
     keys = [(r["stimulus_id"], r["trajectory_id"]) for r in job.iter_rows()]
     assert keys == [(s, t) for s in range(100) for t in range(2)]
@@ -253,6 +255,22 @@ def test_cancel_keeps_finished_rows_and_a_later_run_resumes(store):
     assert run_rollout(ws, "r", "t", engines=again).status == "complete"
     assert again.requests == 60 - status.lines
     assert [r["stimulus_id"] for r in job.iter_rows()] == list(range(60))
+
+
+def test_shard_launches_are_idempotent_per_attempt_not_per_name(monkeypatch):
+    import prefect.deployments
+
+    from flows.deployments import DeploymentShardLauncher
+    from flows.params import TargetJob
+
+    keys = []
+    monkeypatch.setattr(prefect.deployments, "run_deployment",
+                        lambda name, **kwargs: keys.append(kwargs["idempotency_key"]) or type("Run", (), {"id": len(keys)}))
+    launcher = DeploymentShardLauncher(TargetJob(repo_name="r", target_name="t"))
+    launcher.launch(0, 1, 1, "token-a")
+    launcher.launch(0, 1, 1, "token-a")  # the same launch again: the same flow run
+    launcher.launch(0, 1, 1, "token-b")  # same names and generation, another target (or data folder)
+    assert keys[0] == keys[1] != keys[2]
 
 
 def test_damaged_chunk_is_regenerated_not_served(store):

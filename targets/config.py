@@ -33,6 +33,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _null_means_default(data: Any) -> Any:
+    """Bread's schema makes these fields nullable: null is the same as leaving the field out."""
+    if isinstance(data, dict):
+        return {key: value for key, value in data.items() if value is not None}
+    return data
+
+
 class Message(BaseModel):
     """A chat message; extra keys (tool_calls, name, ...) travel untouched."""
 
@@ -83,6 +90,8 @@ class Generator(_Strict):
     template_content: str | None = None
     seed: int | None = None
     rollout_with_conditioned: bool = False
+
+    _nulls = model_validator(mode="before")(_null_means_default)
 
     @model_validator(mode="after")
     def _check_type(self) -> Generator:
@@ -136,10 +145,10 @@ class TargetConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _accept_u_v(cls, data: Any) -> Any:
-        """Bread's deprecated `u`/`v` are accepted on input and never emitted."""
+        """Bread's deprecated `u`/`v` are accepted on input and never emitted; null is "not set"."""
         if not isinstance(data, dict):
             return data
-        data = dict(data)
+        data = _null_means_default(data)
         for old, new in (("u", "teacher_prompt"), ("v", "student_prompt")):
             if old in data:
                 value = data.pop(old)

@@ -111,6 +111,16 @@ def test_hash_ignores_key_order_and_float_formatting():
     assert config_hash(a) == config_hash(b) != config_hash(c)
 
 
+def test_null_fields_mean_not_set_as_in_breads_schema():
+    given = {"teacher_prompt": "t", "student_prompt": "s", "generators": [{"type": "hardcoded", "questions": ["q"]}]}
+    nulls = {**given, "v": None, "num_traj_per_stimulus": None, "temperature": None, "max_concurrency": None,
+             "extra_kwargs": None, "model_name": None,
+             "generators": [{"type": "hardcoded", "questions": ["q"], "numq": None, "rollout_with_conditioned": None}]}
+    assert resolve_target(nulls) == resolve_target(given)
+    assert config_hash(resolve_target(nulls)) == config_hash(resolve_target(given))
+    assert resolve_target({**given, "generators": None}).generators == []
+
+
 def test_stim_and_rollout_parts():
     config = resolve_target({"teacher_prompt": "t", "student_prompt": "s", "model_name": "m", "max_tokens": 9})
     assert set(config.stim_part()) == {"generators", "teacher_prompt", "student_prompt"}

@@ -130,9 +130,11 @@ def run_up(*, port: int, prefect_port: int, data_url: str, stimuli_per_shard: in
     data_url = store.url if "://" in store.url else str(Path(store.url).resolve())
     logs = Path(os.environ.get("BAKEHOUSE_LOG_DIR", Path.home() / ".cache" / "bakehouse" / "logs"))
     stack = Stack()
-    # SIGTERM stops us like Ctrl-C, so the `finally` below always reaps the children (uvicorn
-    # installs its own handlers while it serves, and returns on either signal).
+    # SIGTERM and SIGHUP (a closed terminal or ssh session) stop us like Ctrl-C, so the `finally`
+    # below always reaps the children (uvicorn installs its own SIGINT/SIGTERM handlers while it
+    # serves, and returns on either).
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     try:
         env = start_stack(stack, data_url=data_url, prefect_port=prefect_port, logs=logs)
         os.environ.update(PREFECT_API_URL=env["PREFECT_API_URL"], BAKEHOUSE_DATA=data_url)
@@ -144,4 +146,7 @@ def run_up(*, port: int, prefect_port: int, data_url: str, stimuli_per_shard: in
     except KeyboardInterrupt:
         pass
     finally:
+        # A second Ctrl-C must not cut the reaping short (stop() escalates to SIGKILL on its own).
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         stack.stop()

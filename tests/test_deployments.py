@@ -133,7 +133,9 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
-def test_bakehouse_up_starts_everything_and_sigterm_leaves_no_orphans(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+def test_bakehouse_up_starts_everything_and_stopping_leaves_no_orphans(tmp_path, stop_signal):
+    """SIGTERM as from a process manager; SIGHUP as from a closed terminal or a dropped ssh session."""
     import subprocess
     import sys
 
@@ -147,6 +149,7 @@ def test_bakehouse_up_starts_everything_and_sigterm_leaves_no_orphans(tmp_path):
          "--data", str(tmp_path / "data")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True,
     )
+    children: list[int] = []
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -161,13 +164,18 @@ def test_bakehouse_up_starts_everything_and_sigterm_leaves_no_orphans(tmp_path):
         assert {d["name"] for d in deployments} >= {"stim", "rollout", "rollout-shard", "target"}
         children = _descendants(up.pid)
         assert len(children) >= 3  # the Prefect server and a worker per pool (and their helpers)
-        up.send_signal(signal.SIGTERM)
+        up.send_signal(stop_signal)
         assert up.wait(timeout=90) is not None
         time.sleep(1)
         assert not [pid for pid in children if os.path.exists(f"/proc/{pid}") and _alive(pid)]
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
+        for pid in children:  # orphans of a failed run must not outlive the test
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def _alive(pid: int) -> bool:

@@ -49,6 +49,8 @@ class Engines:
             base_url = os.environ.get("BAKEHOUSE_OPENAI_BASE_URL")
             if base_url and model not in ("fake", "tiny-random"):
                 options = {"api_key": os.environ.get("BAKEHOUSE_OPENAI_API_KEY"), **self.options}
+                if os.environ.get("BAKEHOUSE_OPENAI_TIMEOUT"):
+                    options.setdefault("timeout", float(os.environ["BAKEHOUSE_OPENAI_TIMEOUT"]))
                 if max_concurrency:
                     options["max_concurrency"] = max_concurrency
                 self._engines[model] = open_engine(model, base_url=base_url, **options)

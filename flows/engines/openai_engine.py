@@ -76,7 +76,7 @@ class OpenAIEngine:
         base_url: str,
         api_key: str | None = None,
         max_concurrency: int = 10,
-        timeout: float = 120,
+        timeout: float = 600,  # per request: a long generation is one response, not a stream
         max_retries: int = 5,
         backoff: float = 0.5,
     ) -> None:

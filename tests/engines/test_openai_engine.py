@@ -197,3 +197,19 @@ def test_against_vllm_server(vllm_server):
         assert sum(c.completion_tokens for c in r.completions) <= 16
         assert all(c.finish_reason in {"stop", "length"} for c in r.completions)
         assert [c.text for c in r.completions] == [c.text for c in second[i].completions]
+
+
+def test_slow_responses_time_out_per_request_as_configured(stub, monkeypatch):
+    from flows.runtime import Engines
+
+    monkeypatch.setenv("BAKEHOUSE_OPENAI_BASE_URL", stub.url)
+    monkeypatch.setenv("BAKEHOUSE_OPENAI_TIMEOUT", "0.05")
+    engines = Engines(max_retries=0)
+    (result,) = engines("served-model").generate([req(1, "slow")])  # the stub takes 0.2 s
+    assert result.error and "ReadTimeout" in result.error
+    engines.close()
+    monkeypatch.setenv("BAKEHOUSE_OPENAI_TIMEOUT", "5")
+    engines = Engines(max_retries=0)
+    (result,) = engines("served-model").generate([req(2, "slow")])
+    assert result.error is None
+    engines.close()

@@ -58,10 +58,19 @@ def parse_question_list(text: str) -> list[str]:
     preamble such as "Here are ten questions:" is not taken for a question; otherwise every non-empty
     line is one question.
     """
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in _answer_part(text).splitlines() if line.strip()]
     marked = [_MARKER.sub("", line, count=1).strip() for line in lines if _MARKER.match(line)]
     questions = marked if marked else lines
     return [q.strip().strip('"').strip() for q in questions if q.strip().strip('"').strip()]
+
+
+def _answer_part(text: str) -> str:
+    """A reply without the reasoning that models such as Qwen3 or DeepSeek-R1 write first
+    (`<think>…</think>`; the opening tag may be in the prompt); a reply cut off while still
+    reasoning has no answer."""
+    if "</think>" in text:
+        return text.rsplit("</think>", 1)[1]
+    return text.split("<think>", 1)[0]
 
 
 def parse_single_question(text: str) -> str | None:

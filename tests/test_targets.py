@@ -174,3 +174,21 @@ def test_rollout_with_conditioned_samples_the_student_side():
 def test_target_config_rejects_unknown_fields_directly():
     with pytest.raises(ValidationFailed, match="unknown field"):
         parse(TargetConfig, {"nope": True}, "target config")
+
+
+@pytest.mark.parametrize(
+    "reply, questions",
+    [
+        ("Here are three questions:\n1. How hot?\n2) How long?\n- \"Why rye?\"\n", ["How hot?", "How long?", "Why rye?"]),
+        ("How hot?\n\nHow long?", ["How hot?", "How long?"]),
+        ("<think>\nThe user wants questions.\n1. not this\n</think>\n1. How hot?\n2. How long?", ["How hot?", "How long?"]),
+        ("Reasoning without the opening tag (it was in the prompt).\n</think>\n\nWhy rye?", ["Why rye?"]),
+        ("<think>\nStill thinking when max_tokens ran out\n1. half a thought", []),
+        ("", []),
+    ],
+)
+def test_question_lists_parse_out_of_model_replies(reply, questions):
+    from targets.templates import parse_question_list, parse_single_question
+
+    assert parse_question_list(reply) == questions
+    assert parse_single_question(reply) == (questions[0] if questions else None)

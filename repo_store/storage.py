@@ -136,14 +136,7 @@ class Storage:
     def write_bytes(self, path: str, data: bytes) -> None:
         """Overwrite (for files only their single writer ever changes, e.g. a heartbeat)."""
         if self.is_local:
-            folder, name = os.path.split(path)
-            os.makedirs(folder, exist_ok=True)
-            tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            os.replace(_synced_temp_beside(path, data), path)
         else:
             self.fs.pipe_file(path, data)
 
@@ -174,13 +167,7 @@ class Storage:
         return self.create_bytes(path, _dumps(obj))
 
     def _create_local(self, path: str, data: bytes) -> bool:
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = _synced_temp_beside(path, data)
         try:
             os.link(tmp, path)
             return True
@@ -197,6 +184,18 @@ class Storage:
 
     def size(self, path: str) -> int:
         return self.fs.size(path)
+
+
+def _synced_temp_beside(path: str, data: bytes) -> str:
+    """`data` in a dot file (hidden from listings) next to `path`, on disk before it gets a name."""
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
 
 
 def _dumps(obj: Any) -> bytes:

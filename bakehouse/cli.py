@@ -45,8 +45,7 @@ def _server() -> Iterator[Client]:
     its message (the server's own for API errors) and exit code 1."""
     import httpx
 
-    from bakehouse.client import APIError, Client, JobFailed, JobNotComplete
-    from targets import BakehouseError
+    from bakehouse.client import BakehouseError, Client, JobFailed
 
     try:
         with Client() as client:
@@ -55,7 +54,7 @@ def _server() -> Iterator[Client]:
         _fail(Exception(f"job failed: {failed.job.get('error')}"))
     except httpx.TransportError as error:
         _fail(Exception(f"cannot reach the server at {error.request.url.copy_with(path='/', query=None)}: {error}"))
-    except (APIError, JobNotComplete, BakehouseError, OSError) as error:
+    except (BakehouseError, OSError) as error:
         _fail(error)
 
 

@@ -23,10 +23,13 @@ from typing import Any
 import anyio
 import httpx
 
+# One root for every error bakehouse raises, server side or here: `except BakehouseError` catches them all.
+from targets.errors import BakehouseError
+
 IN_PROGRESS = ("not_started", "pending", "running")
 
 
-class APIError(Exception):
+class APIError(BakehouseError):
     """The server answered with an error. `code` and `message` are Bread's envelope."""
 
     def __init__(self, status_code: int, message: str, code: str | None, body: Any = None):
@@ -58,16 +61,16 @@ class RateLimitError(APIError): ...  # 429
 class InternalServerError(APIError): ...  # 5xx
 
 
-class JobFailed(Exception):
+class JobFailed(BakehouseError):
     def __init__(self, job: dict[str, Any]):
         super().__init__(f"job failed: {job.get('error')}")
         self.job = job
 
 
-class JobTimeout(Exception): ...
+class JobTimeout(BakehouseError): ...
 
 
-class JobNotComplete(Exception):
+class JobNotComplete(BakehouseError):
     """Reading all of a job's output while it is not complete would silently give part of it."""
 
 

@@ -112,7 +112,7 @@ CHILD = textwrap.dedent("""
     class LoggedEngines(Engines):
         def __call__(self, model, **options):
             engine = super().__call__(model, **options)
-            gen = ws.job(repo, target, "rollout")._latest_claim()[0]
+            gen = ws.job(repo, target, "rollout").latest_claim()[0]
             log.write(f"gen {gen} {time.time():.3f}\\n")
             inner = engine.generate
 

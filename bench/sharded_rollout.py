@@ -182,7 +182,7 @@ def one_rollout(args, api_url: str, data: str, target: str, per_shard: int, base
     rows = []
     for run in shards:
         shard = run.parameters["shard"]
-        claim = job._latest_claim(f"shard-{shard:05d}")
+        claim = job.latest_claim(f"shard-{shard:05d}")
         mtimes = sorted(os.stat(f"{job.folder}/chunks/{i:06d}.json").st_mtime
                         for i in range(shard * per, min((shard + 1) * per, plan["num_chunks"])) if i in chunks)
         start = run.start_time.timestamp() if run.start_time else float("nan")

@@ -238,7 +238,7 @@ def _supervise(
             return
         for shard in unfinished:
             scope = shard_scope(shard)
-            latest = job._latest_claim(scope)
+            latest = job.latest_claim(scope)
             latest_gen = latest[0] if latest else None
             if launched.get(shard) and not launcher.finished(launched[shard][0]) and launched[shard][1] == latest_gen:
                 continue  # launched, not claimed yet (queued for a worker)

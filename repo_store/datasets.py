@@ -57,8 +57,14 @@ def _normalise(url: str) -> str:
     return f"{protocol}://{posixpath.normpath(rest)}"
 
 
+def named_dataset_column(dataset: str) -> str | None:
+    """The question column of one of Bread's named datasets (None for a file URL or unknown name)."""
+    return NAMED_DATASET_COLUMNS.get(dataset)
+
+
 def read_questions(url: str, column: str | None = None) -> list[str]:
-    """All non-empty questions of one column of a dataset file, in file order."""
+    """All non-empty questions of one column of a dataset file, in file order (without `column`,
+    the first of QUESTION_COLUMNS the file has)."""
     reader = _reader_for(url)
     try:
         with fsspec.open(url, "rb") as handle:

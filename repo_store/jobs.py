@@ -157,7 +157,8 @@ class Job:
         """Claims of the whole job (scope "") or of one shard of it."""
         return self._path(*(("shards", scope) if scope else ()), *parts)
 
-    def _latest_claim(self, scope: str = "") -> tuple[int, dict[str, Any]] | None:
+    def latest_claim(self, scope: str = "") -> tuple[int, dict[str, Any]] | None:
+        """The newest claim of the job (or of one shard) with its generation; None before any."""
         names = [n for n in self.storage.list_names(self._claims_path(scope, "claims")) if n.endswith(".json")]
         if not names:
             return None
@@ -182,7 +183,7 @@ class Job:
 
     def owner_alive(self, scope: str = "") -> bool | None:
         """Whether the latest claim (of the job or of a shard) is live; None when never claimed."""
-        latest = self._latest_claim(scope)
+        latest = self.latest_claim(scope)
         return None if latest is None else self._claim_alive(latest[0], latest[1], scope)
 
     def status(self) -> JobStatus:
@@ -206,7 +207,7 @@ class Job:
         )
 
     def _unfinished_status(self, plan: dict[str, Any], total: int | None) -> JobStatus:
-        latest = self._latest_claim()
+        latest = self.latest_claim()
         if latest is None:
             return JobStatus("not_started", total_expected=total)
         gen, claim = latest
@@ -233,7 +234,7 @@ class Job:
         """
         if self.manifest() is not None:
             return None
-        latest = self._latest_claim(scope)
+        latest = self.latest_claim(scope)
         if latest is not None and self._claim_alive(latest[0], latest[1], scope):
             return None
         gen = (latest[0] + 1) if latest else 1
@@ -251,7 +252,7 @@ class Job:
 
     def request_cancel(self) -> int | None:
         """Ask the current attempt (and its shards) to stop; returns its generation, None if idle."""
-        latest = self._latest_claim()
+        latest = self.latest_claim()
         if latest is None or self.manifest() is not None:
             return None
         self.storage.create_json(self._path("cancels", _gen_name(latest[0])), {"at": time.time()})
@@ -387,7 +388,7 @@ class Attempt:
 
     def complete(self, num_chunks: int, summary: dict[str, Any] | None = None) -> dict[str, Any]:
         """Compact every chunk into large parts and create the manifest (the job's commit point)."""
-        latest = self.job._latest_claim(self.scope)
+        latest = self.job.latest_claim(self.scope)
         if latest is None or latest[0] != self.gen:
             raise Superseded(f"attempt {self.gen} was superseded by attempt {latest and latest[0]}; it stops")
         chunks = self.job.chunks()

@@ -32,7 +32,7 @@ from targets import (
     validate_name,
 )
 
-from repo_store.datasets import check_source, dataset_url, read_questions, read_text
+from repo_store.datasets import check_source, dataset_url, named_dataset_column, read_questions, read_text
 from repo_store.jobs import Job, JobKind
 from repo_store.keys import KeyStore
 from repo_store.pages import FooterCache, Page, read_page
@@ -228,6 +228,7 @@ class Workspace:
     # -- files users point generators at -----------------------------------------------------
 
     def read_dataset_questions(self, dataset: str, column: str | None) -> list[str]:
+        column = column or named_dataset_column(dataset)
         return read_questions(check_source(dataset_url(dataset), self.storage.url), column)
 
     def read_template(self, url: str) -> str:

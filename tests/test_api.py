@@ -18,7 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
-from bakehouse import AsyncClient, Client, ConflictError, JobTimeout, NotFoundError, PermissionDeniedError, UnprocessableEntityError
+from bakehouse import AsyncClient, BadRequestError, Client, ConflictError, JobTimeout, NotFoundError, PermissionDeniedError, UnprocessableEntityError
 from bakehouse.api import create_app
 from repo_store import Store
 
@@ -203,7 +203,7 @@ def test_whole_flow_through_breads_sdk(api):
 def test_rollout_before_stim_is_400_and_unknown_target_404(api):
     c = client(api)
     make_target(c, "early")
-    with pytest.raises(Exception) as error:
+    with pytest.raises(BadRequestError) as error:
         c.targets.rollout.run("t", repo_name="early", poll=False)
     assert error.value.status_code == 400
     assert error.value.message == "Stim job must complete before running rollout"

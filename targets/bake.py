@@ -1,0 +1,122 @@
+"""The bake configuration (Bread's `BakeConfigBase`): what to train on, which adapter, how long.
+
+Defaults are Bread's resolved "default" template where it gives one. Fields Bread accepts but
+bakehouse does not act on (data, deepspeed, wandb, ...) are kept as given, so configs round-trip.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from targets.names import validate_name
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class DatasetRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str
+    weight: float = Field(1.0, gt=0)
+
+    @field_validator("target")
+    @classmethod
+    def _target_name(cls, value: str) -> str:
+        return validate_name(value, "target")
+
+
+class AdapterConfig(_Open):
+    """The LoRA adapter (peft's `LoraConfig` fields)."""
+
+    r: int = Field(32, gt=0)
+    lora_alpha: float = Field(16, gt=0)
+    # "all-linear" or module names; names the model lacks fail when the bake starts.
+    target_modules: str | list[str] = "all-linear"
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+class ModelConfig(_Open):
+    type: str = "bake"
+    # The model to bake into: the repo's base model when unset, or a baked checkpoint.
+    parent_model_name: str | None = None
+    baked_adapter_config: AdapterConfig = Field(default_factory=AdapterConfig)
+
+
+class OptimizerConfig(_Open):
+    type: str | None = "adamw"
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class SchedulerConfig(_Open):
+    type: str | None = "huggingface"
+    lr: float | None = None
+
+    @field_validator("lr")
+    @classmethod
+    def _no_lr(cls, value: float | None) -> float | None:
+        if value is not None:
+            raise ValueError("scheduler.lr is deprecated and not allowed; set optimizer.learning_rate")
+        return value
+
+
+class CheckpointConfig(_Open):
+    type: str = "huggingface"
+    output_dir: str | None = None
+    enabled: bool = True
+    auto_resume: bool = False
+    save_every_n_steps: int | None = Field(None, gt=0)
+    save_every_n_epochs: int | None = Field(None, gt=0)
+    save_end_of_training: bool = True
+
+
+class BakeConfig(_Open):
+    datasets: list[DatasetRef] = Field(default_factory=list)
+    model_name: str | None = None
+    total_trajectories: int | None = Field(None, gt=0)
+    seed: int = 42
+    type: str = "single_baker"
+    micro_batch_size: int = Field(2, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    epochs: int = Field(1, ge=1)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    checkpoint: list[CheckpointConfig] = Field(default_factory=lambda: [CheckpointConfig()])
+    train_log_iter_interval: int = Field(1, gt=0)
+    eval_interval: int = Field(0, ge=0)
+    # The longest trajectory trained on (tokens, context included); longer ones are cut at the end.
+    max_length: int = Field(3000, gt=0)
+
+    @model_validator(mode="after")
+    def _distinct_datasets(self) -> BakeConfig:
+        names = [d.target for d in self.datasets]
+        if len(names) != len(set(names)):
+            raise ValueError("datasets: each target may appear once")
+        return self
+
+    @property
+    def save_every_n_steps(self) -> int | None:
+        steps = [c.save_every_n_steps for c in self.checkpoint if c.enabled and c.save_every_n_steps]
+        return min(steps) if steps else None
+
+
+class BakeSpec(BaseModel):
+    """A bake as created: `template` is "default" or an existing bake whose config it starts from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bake_name: str
+    template: str = "default"
+    overrides: dict[str, Any] | None = None
+
+    @field_validator("bake_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_name(value, "bake_name")

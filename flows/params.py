@@ -21,3 +21,18 @@ class TargetJob(BaseModel):
         title="Storage URL",
         description="A folder or s3://bucket/prefix. Empty: the worker's BAKEHOUSE_DATA.",
     )
+
+
+class BakeJob(BaseModel):
+    """Which bake to run, and where its data lives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo_name: str = Field(title="Repository", description="The repository that holds the bake.")
+    bake_name: str = Field(title="Bake", description="The bake to train (or resume).")
+    workspace: str = Field("default", title="Workspace", description="The workspace (namespace of repositories).")
+    data_url: str | None = Field(
+        None,
+        title="Storage URL",
+        description="A folder or s3://bucket/prefix. Empty: the worker's BAKEHOUSE_DATA.",
+    )

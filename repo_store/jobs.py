@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from repo_store.parts import ROW_COLUMN, PartInfo, decode_rows, write_part, write_part_to
 from repo_store.storage import Storage
 
-JobKind = Literal["stim", "rollout"]
+JobKind = Literal["stim", "rollout", "bake"]
 JobState = Literal["not_started", "running", "complete", "failed"]
 
 COMPACTED_PART_ROWS = 25_000

@@ -4,6 +4,7 @@
     workspaces/<ws>/repos/<repo>/prompts/<prompt>.json
     workspaces/<ws>/repos/<repo>/targets/<target>/target.json
     workspaces/<ws>/repos/<repo>/targets/<target>/jobs/<target_id>/{stim,rollout}/   (see repo_store.jobs)
+    workspaces/<ws>/repos/<repo>/bakes/<bake>/bake.json, runs/<bake_id>/          (see repo_store.bakes)
 
 Each target gets a fresh random id when created, and its jobs live under it: a target deleted and
 created again never meets the old target's files or anything cached about them.
@@ -28,10 +29,14 @@ from targets import (
     TargetConfig,
     TargetSpec,
     config_hash,
+    parse,
     resolve_target,
     validate_name,
 )
+from targets.bake import BakeConfig, BakeSpec
+from targets.config import deep_merge
 
+from repo_store.bakes import BakeRun
 from repo_store.datasets import check_source, dataset_url, named_dataset_column, read_questions, read_text
 from repo_store.jobs import Job, JobKind
 from repo_store.keys import KeyStore
@@ -64,6 +69,30 @@ class StoredTarget:
     def from_json(cls, data: dict[str, Any]) -> StoredTarget:
         return cls(data["target_name"], data["template"], data.get("overrides"),
                    TargetConfig.model_validate(data["config"]), data.get("target_id") or data["config_hash"][:16])
+
+
+@dataclass(frozen=True)
+class StoredBake:
+    bake_name: str
+    template: str
+    overrides: dict[str, Any] | None
+    config: BakeConfig
+    bake_id: str  # like target_id: a bake deleted and created again never meets the old one's files
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bake_name": self.bake_name,
+            "template": self.template,
+            "overrides": self.overrides,
+            "config": self.config.model_dump(mode="json"),
+            "bake_id": self.bake_id,
+            "config_hash": config_hash(self.config),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StoredBake:
+        return cls(data["bake_name"], data["template"], data.get("overrides"),
+                   BakeConfig.model_validate(data["config"]), data["bake_id"])
 
 
 class Store:
@@ -224,6 +253,60 @@ class Workspace:
 
     def _target_folder(self, repo_name: str, target_name: str) -> str:
         return self._path(validate_name(repo_name, "repo_name"), "targets", validate_name(target_name, "target_name"))
+
+    # -- bakes ---------------------------------------------------------------------------------
+
+    def resolve_bake(self, repo_name: str, spec: BakeSpec) -> BakeConfig:
+        """The config `spec` stands for: Bread's default or a template bake, plus overrides."""
+        base: dict[str, Any] = {}
+        if spec.template != "default":
+            try:
+                base = self.get_bake(repo_name, spec.template).config.model_dump(mode="json")
+            except NotFound:
+                raise InvalidInput(f"Template '{spec.template}' not found") from None
+        config = parse(BakeConfig, deep_merge(base, spec.overrides or {}), "bake config")
+        for dataset in config.datasets:
+            try:
+                self.get_target(repo_name, dataset.target)
+            except NotFound:
+                raise InvalidInput(f"Invalid dataset reference: target '{dataset.target}' not found") from None
+        return config
+
+    def create_bake(self, repo_name: str, spec: BakeSpec) -> tuple[StoredBake, bool]:
+        self.get_repo(repo_name)
+        bake = StoredBake(spec.bake_name, spec.template, spec.overrides, self.resolve_bake(repo_name, spec), uuid.uuid4().hex[:16])
+        content = bake.to_json()
+        data, created = self._create_immutable(
+            self._path(repo_name, "bakes", spec.bake_name, "bake.json"),
+            content,
+            lambda old: old["config_hash"] == content["config_hash"],
+            f"Bake '{spec.bake_name}' already exists with different configuration. Bakes are immutable and cannot be changed.",
+        )
+        return StoredBake.from_json(data), created
+
+    def get_bake(self, repo_name: str, bake_name: str) -> StoredBake:
+        validate_name(bake_name, "bake_name")
+        data = self.storage.read_json(self._path(repo_name, "bakes", bake_name, "bake.json"))
+        if data is None:
+            self.get_repo(repo_name)
+            raise NotFound(f"Bake '{bake_name}' not found in repository '{repo_name}'")
+        return StoredBake.from_json(data)
+
+    def list_bakes(self, repo_name: str) -> list[str]:
+        self.get_repo(repo_name)
+        return self.storage.list_names(self._path(repo_name, "bakes"))
+
+    def bake_run(self, repo_name: str, bake: StoredBake) -> BakeRun:
+        folder = self._path(repo_name, "bakes", bake.bake_name, "runs", bake.bake_id)
+        return BakeRun(self.storage, folder, self.store.job(folder, "bake"))
+
+    def delete_bake(self, repo_name: str, bake_name: str) -> None:
+        bake = self.get_bake(repo_name, bake_name)
+        if self.bake_run(repo_name, bake).job.status().status == "running":
+            raise InvalidInput(f"Bake '{bake_name}' is running; wait for it or cancel it first")
+        folder = self._path(repo_name, "bakes", bake_name)
+        self.storage.delete_tree(f"{folder}/runs")  # runs first: a half-deleted bake is still a bake
+        self.storage.delete_tree(folder)
 
     # -- files users point generators at -----------------------------------------------------
 

@@ -120,3 +120,59 @@ class BakeSpec(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         return validate_name(value, "bake_name")
+
+
+def select_trajectories(lines: list[int], weights: list[float], total: int | None, seed: int) -> list[tuple[int, int]]:
+    """Which trajectories a bake trains on: (dataset index, row index) pairs.
+
+    Each dataset gets a share of `total` (default: every trajectory of every dataset once) in
+    proportion to weight × its size. A share above the dataset's size repeats rows (whole passes,
+    then a sample), so a weight of 2 on a dataset trains on it twice as often.
+    """
+    import random
+
+    available = sum(lines)
+    total = available if total is None else total
+    mass = [w * n for w, n in zip(weights, lines, strict=True)]
+    if total == 0 or sum(mass) == 0:
+        return []
+    shares = _largest_remainder(total, mass)
+    rng = random.Random(seed)
+    picked: list[tuple[int, int]] = []
+    for dataset, (share, size) in enumerate(zip(shares, lines, strict=True)):
+        rows = list(range(size)) * (share // size) if size else []
+        rows += sorted(rng.sample(range(size), share % size)) if size else []
+        picked += [(dataset, row) for row in sorted(rows)]
+    return picked
+
+
+def _largest_remainder(total: int, mass: list[float]) -> list[int]:
+    exact = [total * m / sum(mass) for m in mass]
+    shares = [int(e) for e in exact]
+    by_remainder = sorted(range(len(mass)), key=lambda i: exact[i] - shares[i], reverse=True)
+    for i in by_remainder[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def epoch_order(selection: list[tuple[int, int]], epoch: int, seed: int, page_size: int) -> list[tuple[int, int]]:
+    """The order an epoch visits `selection`: pages in random order, rows shuffled within a page.
+
+    Shuffling whole pages rather than rows lets the trainer hold one page of a dataset at a time
+    (memory does not grow with the dataset) while batches still mix questions. Same seed and
+    epoch, same order, so a resumed bake sees the batches an uninterrupted one would.
+    """
+    import random
+
+    rng = random.Random(f"{seed}/{epoch}")
+    pages: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for dataset, row in selection:
+        pages.setdefault((dataset, row // page_size), []).append((dataset, row))
+    keys = sorted(pages)
+    rng.shuffle(keys)
+    order: list[tuple[int, int]] = []
+    for key in keys:
+        rows = pages[key]
+        rng.shuffle(rows)
+        order += rows
+    return order

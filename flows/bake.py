@@ -1,0 +1,164 @@
+"""The bake job: train a LoRA adapter so the model under the student prompt acts as under the teacher's.
+
+    run_bake(workspace, repo, bake)   claim the bake's job, train (or resume), commit checkpoints
+
+Data comes from the dataset targets' rollouts through the same page reader the API serves (pages
+of at most 1000 rows, one page per dataset held at a time). A bake is a job like stim and rollout
+(claims, lease, heartbeat, manifest: repo_store.jobs): a second start returns the running bake, a
+killed one resumes from its last checkpoint with optimizer, RNGs and data position, so the steps
+after the resume point are the steps an uninterrupted bake takes, and no step is logged twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prefect import flow
+
+from repo_store import MAX_PAGE_LIMIT, JobStatus, Store, Workspace
+from repo_store.bakes import BakeRun
+from targets import InvalidInput
+from targets.bake import BakeConfig, epoch_order, select_trajectories
+
+from flows.engines.tiny_model import resolve_model
+from flows.params import BakeJob
+from flows.runtime import Progress, logger, running
+
+
+def run_bake(
+    workspace: Workspace,
+    repo_name: str,
+    bake_name: str,
+    *,
+    stop_after_step: int | None = None,
+    on_progress: Callable[[float], None] | None = None,
+) -> JobStatus:
+    """Run (or resume) a bake; returns its job status when done or when owned elsewhere.
+
+    `stop_after_step` ends the attempt after that step as a crash would (its claim released, the
+    job resumable): tests use it to compare a resumed bake with an uninterrupted one.
+    """
+    bake = workspace.get_bake(repo_name, bake_name)
+    config = bake.config
+    lines = check_datasets_ready(workspace, repo_name, config)
+    run = workspace.bake_run(repo_name, bake)
+    attempt = run.job.claim(owner="bake")
+    if attempt is None:
+        return run.job.status()
+    progress = Progress(f"bake-{repo_name}-{bake_name}", on_progress)
+    with running(attempt, engines=None):  # opens no engine: a bake only trains
+        from flows.trainer import Trainer
+
+        parent = config.model.parent_model_name or workspace.get_repo(repo_name).base_model
+        selection = select_trajectories(lines, [d.weight for d in config.datasets], config.total_trajectories, config.seed)
+        batch = config.micro_batch_size * config.gradient_accumulation_steps
+        steps_per_epoch = math.ceil(len(selection) / batch)
+        plan = run.job.create_plan({"total_steps": steps_per_epoch * config.epochs, "trajectories": len(selection),
+                                    "parent_model": parent})
+        trainer = Trainer(resolve_model(parent), config)
+        latest = run.latest_checkpoint()
+        done = 0 if latest is None else trainer.load_checkpoint(
+            {name: run.read_checkpoint_file(latest, name) for name in latest.files})
+        if done:
+            logger.info("bake %s/%s resumes after step %d of %d", repo_name, bake_name, done, plan["total_steps"])
+        pending: list[dict[str, Any]] = []
+        for step, micro_batches in _batches(workspace, repo_name, config, selection, trainer, done):
+            attempt.raise_if_cancelled()
+            result = trainer.step(micro_batches)
+            attempt.touch()
+            if step % config.train_log_iter_interval == 0 or step == plan["total_steps"]:
+                pending.append(_metrics_row(step, step / steps_per_epoch, result, trainer))
+                run.write_live(attempt.gen, {"step": step, "total_steps": plan["total_steps"], "loss": result.loss})
+            progress.update(100.0 * step / plan["total_steps"])
+            if _checkpoint_due(config, step, plan["total_steps"]):
+                run.write_checkpoint(step, trainer.checkpoint_files(step, parent), gen=attempt.gen,
+                                     token=attempt.token, metrics=pending)
+                pending = []
+            if stop_after_step is not None and step >= stop_after_step and step < plan["total_steps"]:
+                attempt.release()
+                return run.job.status()
+        summary = bake_summary(run)
+        attempt.complete(0, summary)
+        progress.summary(f"bake {repo_name}/{bake_name}", summary)
+    return run.job.status()
+
+
+def check_datasets_ready(workspace: Workspace, repo_name: str, config: BakeConfig) -> list[int]:
+    """Each dataset target's number of trajectories; InvalidInput unless every rollout is complete."""
+    if not config.datasets:
+        raise InvalidInput("Bake has no datasets: set 'datasets' to [{target, weight}]")
+    lines = []
+    for dataset in config.datasets:
+        status = workspace.job(repo_name, dataset.target, "rollout").status()
+        if status.status != "complete":
+            raise InvalidInput("Target rollouts must complete before starting bake")
+        lines.append(status.lines)
+    return lines
+
+
+def bake_summary(run: BakeRun) -> dict[str, Any]:
+    losses = [row["loss"] for row in run.iter_metrics()]
+    return {
+        "steps": max((c.step for c in run.checkpoints()), default=0),
+        "checkpoints": [c.step for c in run.checkpoints()],
+        "final_loss": losses[-1] if losses else None,
+        "min_loss": min(losses, default=None),
+        "max_loss": max(losses, default=None),
+    }
+
+
+def _batches(workspace: Workspace, repo_name: str, config: BakeConfig, selection: list[tuple[int, int]],
+             trainer, done: int) -> Iterator[tuple[int, list[list]]]:
+    """(step, micro-batches of examples) for every step after `done`, in the bake's order."""
+    per_step = config.micro_batch_size * config.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(selection) / per_step)
+    pages = _PageReader(workspace, repo_name, [d.target for d in config.datasets])
+    for epoch in range(config.epochs):
+        if (epoch + 1) * steps_per_epoch <= done:
+            continue  # a resumed bake skips whole epochs without reading them
+        order = epoch_order(selection, epoch, config.seed, MAX_PAGE_LIMIT)
+        for index in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + index + 1
+            if step <= done:
+                continue
+            picked = order[index * per_step:(index + 1) * per_step]
+            examples = [trainer.example(pages.row(dataset, row)) for dataset, row in picked]
+            micro = [examples[i:i + config.micro_batch_size] for i in range(0, len(examples), config.micro_batch_size)]
+            yield step, micro
+
+
+class _PageReader:
+    """Rows by (dataset, index), read a page (≤ 1000 rows) at a time; one page per dataset kept."""
+
+    def __init__(self, workspace: Workspace, repo_name: str, targets: list[str]):
+        self.workspace, self.repo_name, self.targets = workspace, repo_name, targets
+        self.pages: dict[int, tuple[int, list[dict[str, Any]]]] = {}
+
+    def row(self, dataset: int, index: int) -> dict[str, Any]:
+        number = index // MAX_PAGE_LIMIT
+        if self.pages.get(dataset, (None,))[0] != number:
+            page = self.workspace.read_page(self.repo_name, self.targets[dataset], "rollout",
+                                            offset=number * MAX_PAGE_LIMIT, limit=MAX_PAGE_LIMIT)
+            self.pages[dataset] = (number, page.rows)
+        return self.pages[dataset][1][index % MAX_PAGE_LIMIT]
+
+
+def _metrics_row(step: int, epoch: float, result, trainer) -> dict[str, Any]:
+    return {"iter": step, "loss": result.loss, "train_loss": result.loss, "kl_per_token": result.loss,
+            "top1_agreement": result.top1_agreement, "lr": trainer.learning_rate, "epoch": epoch,
+            "tokens": result.tokens, "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+            "grad_norm": result.grad_norm}
+
+
+def _checkpoint_due(config: BakeConfig, step: int, total_steps: int) -> bool:
+    every = config.save_every_n_steps
+    return step == total_steps or (every is not None and step % every == 0)
+
+
+@flow(name="bake", log_prints=True)
+def bake_flow(job: BakeJob) -> dict:
+    """Train (or resume) one bake; Prefect shows its progress artifact and loss table."""
+    status = run_bake(Store(job.data_url).workspace(job.workspace), job.repo_name, job.bake_name)
+    return {"status": status.status, "error": status.error, "summary": status.summary}

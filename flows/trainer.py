@@ -1,0 +1,162 @@
+"""The bake trainer: a LoRA adapter (peft) on the parent model, trained with the bake loss.
+
+One trajectory is two token sequences that end in the same response tokens: the teacher context
+(teacher prompt + question) and the student context (student prompt + question). The student is the
+model with the adapter on the student sequence; the teacher is the same frozen model with the
+adapter disabled on the teacher sequence. Only the response positions' hidden states go through the
+output layer, so no `[batch, tokens, vocab]` tensor exists for the prompts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from targets.bake import BakeConfig
+from targets.bake_loss import forward_kl, teacher_top_k, top1_agreement
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+STATE_FILE = "training_state.pt"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One trajectory as token ids: both contexts, and the response they share."""
+
+    teacher_context: list[int]
+    student_context: list[int]
+    response: list[int]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float  # mean KL per response token over the optimizer step
+    top1_agreement: float
+    tokens: int
+    grad_norm: float
+    seconds: float
+
+
+class Trainer:
+    def __init__(self, model_path: str, config: BakeConfig):
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.config = config
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        torch.manual_seed(config.seed)  # the adapter's initial weights
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        adapter = config.model.baked_adapter_config
+        try:
+            self.model = get_peft_model(base, LoraConfig(
+                r=adapter.r, lora_alpha=adapter.lora_alpha, target_modules=adapter.target_modules,
+                lora_dropout=adapter.lora_dropout, bias=adapter.bias, task_type="CAUSAL_LM",
+            ))
+        except ValueError as error:  # peft names the modules the model lacks
+            raise ValueError(f"model.baked_adapter_config.target_modules: {error}") from None
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = config.optimizer
+        self.optimizer = torch.optim.AdamW(self.params, lr=opt.learning_rate, betas=opt.betas, weight_decay=opt.weight_decay)
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def example(self, row: dict[str, Any]) -> Example:
+        """Token ids of one rollout row. The response text is tokenised once, on its own, and the
+        same ids end both sequences, so teacher and student score exactly the same tokens."""
+        def context(messages: list[dict[str, Any]]) -> list[int]:
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+        response = row["response"]
+        ids = self.tokenizer(response.get("content") or "", add_special_tokens=False)["input_ids"]
+        if row.get("finish_reason", "stop") == "stop" and self.tokenizer.eos_token_id is not None:
+            ids = [*ids, self.tokenizer.eos_token_id]  # the model chose to stop: learn that too
+        teacher = context(row["unconditioned_stimulus"]["messages"])
+        student = context(row["conditioned_stimulus"]["messages"])
+        room = self.config.max_length - max(len(teacher), len(student))
+        return Example(teacher, student, ids[: max(room, 0)])
+
+    # -- training ------------------------------------------------------------------------------
+
+    def _response_logits(self, contexts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
+        """Logits predicting each response token, all rows concatenated: [response tokens, vocab]."""
+        width = max(len(c) + len(r) for c, r in zip(contexts, responses, strict=True))
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(contexts), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(contexts), width), dtype=torch.long)
+        positions = []
+        for i, (c, r) in enumerate(zip(contexts, responses, strict=True)):
+            input_ids[i, : len(c) + len(r)] = torch.tensor(c + r)
+            attention[i, : len(c) + len(r)] = 1
+            # The logits at position p predict token p + 1: response token j is predicted at len(c) + j - 1.
+            positions += [(i, len(c) + j - 1) for j in range(len(r))]
+        causal_lm = self.model.get_base_model()
+        hidden = causal_lm.model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+        rows, cols = zip(*positions, strict=True) if positions else ((), ())
+        return causal_lm.lm_head(hidden[list(rows), list(cols)])
+
+    def step(self, micro_batches: list[list[Example]]) -> StepResult:
+        """One optimizer step over `micro_batches` (gradient accumulation): loss = the mean KL
+        over every response token of the step, whatever the micro-batch sizes."""
+        started = time.perf_counter()
+        tokens = sum(len(e.response) for batch in micro_batches for e in batch)
+        total_kl, agree = 0.0, 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        for batch in micro_batches:
+            batch = [e for e in batch if e.response]
+            if not batch:
+                continue
+            responses = [e.response for e in batch]
+            with torch.no_grad(), self.model.disable_adapter():
+                teacher = self._response_logits([e.teacher_context for e in batch], responses)
+            student = self._response_logits([e.student_context for e in batch], responses)
+            kl = forward_kl(teacher, student)
+            (kl.sum() / tokens).backward()
+            total_kl += kl.detach().sum().item()
+            agree += top1_agreement(teacher_top_k(teacher, 1)[0], student.detach()).sum().item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm=1.0).item() if tokens else 0.0
+        self.optimizer.step()
+        return StepResult(total_kl / max(tokens, 1), agree / max(tokens, 1), tokens, grad_norm,
+                          time.perf_counter() - started)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def checkpoint_files(self, step: int, parent_model: str) -> dict[str, bytes]:
+        """The adapter as peft saves it (loadable with `PeftModel.from_pretrained`) and the
+        training state a resume needs: optimizer, RNGs and the step (the data cursor)."""
+        with tempfile.TemporaryDirectory() as folder:
+            self.model.save_pretrained(folder)
+            files = {name: open(os.path.join(folder, name), "rb").read() for name in ADAPTER_FILES}
+        adapter_config = json.loads(files["adapter_config.json"])
+        adapter_config["base_model_name_or_path"] = parent_model  # the name users know, not a cache path
+        files["adapter_config.json"] = json.dumps(adapter_config, indent=2).encode()
+        state = io.BytesIO()
+        torch.save({"step": step, "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "python_rng": random.getstate()}, state)
+        files[STATE_FILE] = state.getvalue()
+        return files
+
+    def load_checkpoint(self, files: dict[str, bytes]) -> int:
+        """Restore adapter, optimizer and RNGs; returns the step the checkpoint was taken after."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load
+
+        set_peft_model_state_dict(self.model, load(files["adapter_model.safetensors"]))
+        state = torch.load(io.BytesIO(files[STATE_FILE]), weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        return int(state["step"])

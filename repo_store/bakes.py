@@ -1,0 +1,108 @@
+"""A bake's files: its training job, checkpoints committed with a marker, and its metrics.
+
+    bakes/<bake>/bake.json                          the definition (immutable, like target.json)
+    bakes/<bake>/runs/<bake_id>/bake/               the training job (claims, heartbeats, plan,
+                                                    manifest: see repo_store.jobs)
+    .../checkpoints/<step>-g<gen>-<uid>/<file>      one checkpoint's files (a new folder every write)
+    .../checkpoints/<step>.json                     its commit marker, written last
+    .../live/<gen>.json                             the running attempt's latest step and loss
+
+A checkpoint exists once its marker does: files written by an attempt that died before its marker
+are never read, so nothing half-written becomes a checkpoint. The marker also carries the metrics
+rows logged since the previous checkpoint, so the metrics of a bake that resumed hold every step
+once (rows an attempt logged after its last checkpoint are redone by the next attempt).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from repo_store.jobs import Job
+from repo_store.storage import Storage
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    step: int
+    folder: str  # relative to the checkpoints folder
+    files: dict[str, int]  # name -> bytes
+    gen: int
+    token: str
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "folder": self.folder, "files": self.files, "gen": self.gen,
+                "token": self.token, "metrics": self.metrics}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CheckpointRecord:
+        return cls(step=int(data["step"]), folder=data["folder"], files=dict(data["files"]), gen=int(data["gen"]),
+                   token=data.get("token", ""), metrics=list(data.get("metrics", [])))
+
+
+def _step_name(step: int) -> str:
+    return f"{step:08d}"
+
+
+class BakeRun:
+    """The files of one bake (one `bake_id`): its job and what the training committed."""
+
+    def __init__(self, storage: Storage, folder: str, job: Job):
+        self.storage = storage
+        self.folder = folder
+        self.job = job
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.folder, *parts])
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def write_checkpoint(self, step: int, files: Mapping[str, bytes], *, gen: int, token: str,
+                         metrics: list[dict[str, Any]]) -> CheckpointRecord:
+        """Write a checkpoint's files, then its marker. If another attempt committed this step
+        first, its checkpoint stands and is returned."""
+        folder = f"{_step_name(step)}-g{gen:06d}-{uuid.uuid4().hex[:8]}"
+        for name, data in files.items():
+            self.storage.write_bytes(self._path("checkpoints", folder, name), data)
+        record = CheckpointRecord(step, folder, {n: len(d) for n, d in files.items()}, gen, token, metrics)
+        self.storage.create_json(self._path("checkpoints", f"{_step_name(step)}.json"), record.to_json())
+        committed = self.checkpoint(step)
+        assert committed is not None, "a checkpoint marker just written cannot be missing"
+        return committed
+
+    def checkpoint(self, step: int) -> CheckpointRecord | None:
+        data = self.storage.read_json(self._path("checkpoints", f"{_step_name(step)}.json"))
+        return None if data is None else CheckpointRecord.from_json(data)
+
+    def checkpoints(self) -> list[CheckpointRecord]:
+        """Every committed checkpoint, oldest first."""
+        records = []
+        for name in self.storage.list_names(self._path("checkpoints")):
+            if name.endswith(".json") and (record := self.checkpoint(int(name.removesuffix(".json")))):
+                records.append(record)
+        return sorted(records, key=lambda r: r.step)
+
+    def latest_checkpoint(self) -> CheckpointRecord | None:
+        records = self.checkpoints()
+        return records[-1] if records else None
+
+    def read_checkpoint_file(self, record: CheckpointRecord, name: str) -> bytes:
+        if name not in record.files:
+            raise KeyError(f"checkpoint {record.step} has no file {name!r}")
+        return self.storage.read_bytes(self._path("checkpoints", record.folder, name))
+
+    # -- metrics and live progress -------------------------------------------------------------
+
+    def iter_metrics(self) -> Iterator[dict[str, Any]]:
+        """Committed metrics rows, in step order (each step once)."""
+        for record in self.checkpoints():
+            yield from record.metrics
+
+    def write_live(self, gen: int, live: dict[str, Any]) -> None:
+        self.storage.write_json(self._path("live", f"{gen:06d}.json"), live)
+
+    def read_live(self, gen: int) -> dict[str, Any] | None:
+        return self.storage.read_json(self._path("live", f"{gen:06d}.json"))

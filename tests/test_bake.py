@@ -1,0 +1,147 @@
+"""Bake end to end on the tiny model: rollouts from the fake engine, real peft training on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows.bake import run_bake
+from flows.rollout import run_rollout
+from flows.stim import run_stim
+from repo_store import Store
+from targets import InvalidInput, PromptSpec, RepoSpec, TargetSpec, ValidationFailed
+from targets.bake import BakeConfig, BakeSpec, epoch_order, select_trajectories
+
+from tests.test_flows import CountingEngines
+
+
+def baked_workspace(store: Store, questions: int = 6, rollout: bool = True):
+    ws = store.workspace()
+    ws.create_repo(RepoSpec(repo_name="r", base_model="tiny-random"))
+    ws.create_prompt("r", PromptSpec(prompt_name="teacher", messages=[{"role": "system", "content": "Answer like a pirate."}]))
+    ws.create_prompt("r", PromptSpec(prompt_name="student", messages=[]))
+    ws.create_target("r", TargetSpec(target_name="t", overrides={
+        "teacher_prompt": "teacher", "student_prompt": "student", "model_name": "fake", "num_traj_per_stimulus": 2,
+        "max_tokens": 12, "generators": [{"type": "hardcoded", "questions": [f"Where is treasure {i}?" for i in range(questions)]}],
+    }))
+    run_stim(ws, "r", "t", engines=CountingEngines())
+    if rollout:
+        run_rollout(ws, "r", "t", engines=CountingEngines())
+    return ws
+
+
+BAKE = {"datasets": [{"target": "t"}], "micro_batch_size": 2, "gradient_accumulation_steps": 2, "epochs": 2,
+        "optimizer": {"learning_rate": 5e-3}, "model": {"baked_adapter_config": {"r": 8, "lora_alpha": 16}},
+        "checkpoint": [{"save_every_n_steps": 2}]}
+
+
+@pytest.fixture
+def local_store(tmp_path):
+    return Store(str(tmp_path / "data"))
+
+
+def test_a_bake_lowers_the_kl_and_commits_checkpoints_and_metrics(local_store):
+    ws = baked_workspace(local_store)
+    ws.create_bake("r", BakeSpec(bake_name="b", overrides=BAKE))
+    status = run_bake(ws, "r", "b")
+    assert status.status == "complete", status.error
+    run = ws.bake_run("r", ws.get_bake("r", "b"))
+    metrics = list(run.iter_metrics())
+    assert [m["iter"] for m in metrics] == list(range(1, 7))  # 12 trajectories / 4 per step × 2 epochs
+    assert metrics[-1]["loss"] < metrics[0]["loss"] * 0.8, [m["loss"] for m in metrics]
+    assert all(m["loss"] >= 0 and 0 <= m["top1_agreement"] <= 1 for m in metrics)
+    assert [c.step for c in run.checkpoints()] == [2, 4, 6]
+    assert status.summary["final_loss"] == metrics[-1]["loss"]
+    assert run_bake(ws, "r", "b").status == "complete"  # a repeated start returns the finished bake
+    assert len(list(run.iter_metrics())) == 6
+
+
+def test_a_checkpoint_is_a_peft_adapter_that_loads_on_the_base_model(local_store, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from flows.engines.tiny_model import tiny_model_path
+
+    ws = baked_workspace(local_store, questions=2)
+    ws.create_bake("r", BakeSpec(bake_name="b", overrides={**BAKE, "epochs": 1}))
+    run_bake(ws, "r", "b")
+    run = ws.bake_run("r", ws.get_bake("r", "b"))
+    latest = run.latest_checkpoint()
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (folder / name).write_bytes(run.read_checkpoint_file(latest, name))
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-random"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path()), folder)
+    lora = [n for n, p in model.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
+    assert lora  # trained: lora_B starts at zero
+
+
+def test_a_bake_stopped_mid_way_resumes_to_the_same_losses_with_no_step_twice(local_store):
+    ws = baked_workspace(local_store)
+    ws.create_bake("r", BakeSpec(bake_name="whole", overrides=BAKE))
+    ws.create_bake("r", BakeSpec(bake_name="resumed", overrides={**BAKE, "seed": 42}))
+    run_bake(ws, "r", "whole")
+    stopped = run_bake(ws, "r", "resumed", stop_after_step=3)  # step 3 is logged, never checkpointed
+    assert stopped.status != "complete"
+    assert run_bake(ws, "r", "resumed").status == "complete"
+    whole = list(ws.bake_run("r", ws.get_bake("r", "whole")).iter_metrics())
+    resumed = list(ws.bake_run("r", ws.get_bake("r", "resumed")).iter_metrics())
+    assert [m["iter"] for m in resumed] == [m["iter"] for m in whole] == list(range(1, 7))
+    assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in whole], abs=1e-6)
+
+
+def test_bake_before_the_rollout_completes_is_refused(local_store):
+    ws = baked_workspace(local_store, questions=2, rollout=False)
+    ws.create_bake("r", BakeSpec(bake_name="b", overrides=BAKE))
+    with pytest.raises(InvalidInput, match="Target rollouts must complete before starting bake"):
+        run_bake(ws, "r", "b")
+
+
+def test_bake_configs_are_immutable_and_validated(local_store):
+    from targets import Conflict
+
+    ws = baked_workspace(local_store, questions=2, rollout=False)
+    first, created = ws.create_bake("r", BakeSpec(bake_name="b", overrides=BAKE))
+    assert created and first.config.micro_batch_size == 2 and first.config.seed == 42
+    assert ws.create_bake("r", BakeSpec(bake_name="b", overrides=BAKE))[1] is False
+    with pytest.raises(Conflict):
+        ws.create_bake("r", BakeSpec(bake_name="b", overrides={**BAKE, "epochs": 3}))
+    derived, _ = ws.create_bake("r", BakeSpec(bake_name="b2", template="b", overrides={"epochs": 5}))
+    assert (derived.config.epochs, derived.config.micro_batch_size) == (5, 2)
+    with pytest.raises(InvalidInput, match="target 'nope' not found"):
+        ws.create_bake("r", BakeSpec(bake_name="b3", overrides={"datasets": [{"target": "nope"}]}))
+    assert ws.list_bakes("r") == ["b", "b2"]
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ({"scheduler": {"lr": 0.1}}, "scheduler.lr"),
+    ({"model": {"baked_adapter_config": {"r": 0}}}, "model.baked_adapter_config.r"),
+    ({"model": {"baked_adapter_config": {"lora_alpha": 0}}}, "lora_alpha"),
+    ({"optimizer": {"learning_rate": 0}}, "optimizer.learning_rate"),
+    ({"epochs": 0}, "epochs"),
+])
+def test_bad_bake_configs_name_the_field(override, field):
+    from targets import parse
+
+    with pytest.raises(ValidationFailed, match=field.replace(".", r"\.")):
+        parse(BakeConfig, override, "bake config")
+
+
+def test_trajectories_are_sampled_by_weight_and_size():
+    picked = select_trajectories([10, 10], [1.0, 3.0], total=8, seed=1)
+    assert [d for d, _ in picked].count(1) == 6 and len(picked) == 8
+    assert select_trajectories([3, 5], [1.0, 1.0], total=None, seed=1) == [(0, i) for i in range(3)] + [(1, i) for i in range(5)]
+    twice = select_trajectories([4], [1.0], total=8, seed=1)
+    assert sorted(twice) == sorted([(0, i) for i in range(4)] * 2)
+    assert select_trajectories([10, 10], [1.0, 3.0], total=8, seed=1) == picked
+
+
+def test_epoch_order_is_a_reproducible_permutation_that_keeps_pages_together():
+    selection = [(0, i) for i in range(25)] + [(1, i) for i in range(7)]
+    order = epoch_order(selection, epoch=0, seed=5, page_size=10)
+    assert sorted(order) == sorted(selection) and order == epoch_order(selection, epoch=0, seed=5, page_size=10)
+    assert order != epoch_order(selection, epoch=1, seed=5, page_size=10)
+    pages = [(d, r // 10) for d, r in order]
+    assert len([p for i, p in enumerate(pages) if i == 0 or p != pages[i - 1]]) == 4  # each page visited once

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from bakehouse import schemas as s
+from bakehouse.bake_routes import add_bake_routes
 from bakehouse.limits import BodySizeLimit, RateLimiter, retry_after_header
 from bakehouse.runner import LocalRunner
 from bakehouse.service import Runner, Service
@@ -296,6 +297,7 @@ def create_app(
 
         routes()
 
+    add_bake_routes(v1, Read, Write, UserId, EXISTED)
     app.include_router(v1)
     return app
 

@@ -22,9 +22,9 @@ from repo_store import JobStatus
 class JobRef:
     workspace: str
     repo_name: str
-    target_name: str
-    target_id: str  # a target deleted and created again under its name is another target
-    kind: str
+    target_name: str  # the bake's name for a bake
+    target_id: str  # a target (or bake) deleted and created again under its name is another one
+    kind: str  # stim | rollout | bake
 
 
 @dataclass
@@ -59,8 +59,8 @@ class LocalRunner:
                 return  # already on its way
             command = [
                 sys.executable, "-m", "bakehouse.worker", ref.kind,
-                "--workspace", ref.workspace, "--repo", ref.repo_name, "--target", ref.target_name,
-                "--data", self.data_url,
+                "--workspace", ref.workspace, "--repo", ref.repo_name,
+                "--bake" if ref.kind == "bake" else "--target", ref.target_name, "--data", self.data_url,
             ]
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
             self._submissions[ref] = Submission(process, status.attempt, time.monotonic())
@@ -146,8 +146,8 @@ class PrefectRunner:
     def submit(self, ref: JobRef, status: JobStatus) -> None:
         from prefect.deployments import run_deployment
 
-        from flows.deployments import FINAL_STATES, ROLLOUT, STIM, flow_run_state
-        from flows.params import TargetJob
+        from flows.deployments import BAKE, FINAL_STATES, ROLLOUT, STIM, flow_run_state
+        from flows.params import BakeJob, TargetJob
 
         with self._lock:
             previous = self._runs.get(ref)
@@ -156,13 +156,17 @@ class PrefectRunner:
                 if flow_run_state(previous[0]) not in FINAL_STATES:
                     return  # queued or starting
                 resubmits = previous[2] + 1  # that run ended without claiming: a new key
-            job = TargetJob(repo_name=ref.repo_name, target_name=ref.target_name, workspace=ref.workspace)
+            if ref.kind == "bake":
+                job = BakeJob(repo_name=ref.repo_name, bake_name=ref.target_name, workspace=ref.workspace)
+            else:
+                job = TargetJob(repo_name=ref.repo_name, target_name=ref.target_name, workspace=ref.workspace)
             parameters: dict = {"job": job.model_dump()}
             if ref.kind == "rollout":
                 parameters["stimuli_per_shard"] = self.stimuli_per_shard
             attempt = (status.attempt or 0) + 1
             key = f"{ref.workspace}/{ref.repo_name}/{ref.target_name}/{ref.target_id}/{ref.kind}/{attempt}/{resubmits}"
-            run = run_deployment(STIM if ref.kind == "stim" else ROLLOUT, parameters=parameters, timeout=0, idempotency_key=key)
+            deployment = {"stim": STIM, "rollout": ROLLOUT, "bake": BAKE}[ref.kind]
+            run = run_deployment(deployment, parameters=parameters, timeout=0, idempotency_key=key)
             self._runs[ref] = (run.id, status.attempt, resubmits)
 
     def view(self, ref: JobRef, status: JobStatus) -> JobStatus:

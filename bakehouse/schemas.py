@@ -52,6 +52,22 @@ class BatchTargetCreate(_Body):
     targets: list[TargetCreate]
 
 
+class BakeCreate(_Body):
+    bake_name: str
+    template: str = "default"
+    # Validated by targets.bake.BakeConfig, which names every bad field in one message.
+    overrides: dict[str, Any] | None = None
+
+
+class BakeConfigBody(_Body):
+    template: str = "default"
+    overrides: dict[str, Any] | None = None
+
+
+class BatchBakeCreate(_Body):
+    bakes: list[BakeCreate]
+
+
 # -- responses -----------------------------------------------------------------------------------
 
 
@@ -136,6 +152,16 @@ class RolloutOutputResponse(RolloutResponse):
     offset: int
     limit: int
     has_more: bool
+
+
+class BakeResponse(JobResponse):
+    bake_name: str | None = None
+    model_name: list[str] | None = Field(None, description="Checkpoints as model names, index 0 the latest (when complete)")
+    loss: dict[str, float] | None = Field(None, description="latest_loss, final_loss, min_loss, max_loss")
+
+
+class BakeList(BaseModel):
+    bakes: list[str]
 
 
 class ErrorResponse(BaseModel):

@@ -5,10 +5,13 @@ Route functions stay thin: they parse the request, call one function here and sh
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Protocol
 
 from repo_store import Job, JobStatus, StoredTarget, Workspace
+from repo_store.store import StoredBake
 from targets import BakehouseError, InvalidInput, PromptSpec, RepoSpec, TargetSpec, parse
+from targets.bake import BakeSpec
 
 from bakehouse.runner import JobRef
 
@@ -117,3 +120,61 @@ class Service:
             if self.runner.active(self._ref(repo_name, target, kind)):
                 raise InvalidInput(f"Target '{target_name}' has a running {kind} job; wait for it or cancel it first")
         self.ws.delete_target(repo_name, target_name)
+
+    # -- bakes ---------------------------------------------------------------------------------
+
+    def create_bake(self, repo_name: str, bake_name: str, template: str, overrides: dict | None) -> tuple[StoredBake, bool]:
+        spec = parse(BakeSpec, {"bake_name": bake_name, "template": template, "overrides": overrides}, "bake")
+        return self.ws.create_bake(repo_name, spec)
+
+    def create_bakes(self, repo_name: str, bakes: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._each(repo_name, [(b["bake_name"], lambda b=b: self.create_bake(repo_name, **b)) for b in bakes])
+
+    def list_bakes(self, repo_name: str) -> list[str]:
+        return self.ws.list_bakes(repo_name)
+
+    def _bake_ref(self, repo_name: str, bake: StoredBake) -> JobRef:
+        return JobRef(self.ws.name, repo_name, bake.bake_name, bake.bake_id, "bake")
+
+    def bake_status(self, repo_name: str, bake_name: str) -> tuple[StoredBake, JobStatus, dict[str, Any]]:
+        """The bake, its job status as clients see it, and its training figures so far."""
+        bake = self.ws.get_bake(repo_name, bake_name)
+        run = self.ws.bake_run(repo_name, bake)
+        status = self.runner.view(self._bake_ref(repo_name, bake), run.job.status())
+        plan = run.job.plan() or {}
+        losses = [row["loss"] for row in run.iter_metrics()]
+        live = run.read_live(status.attempt) if status.attempt and status.status == "running" else None
+        if live:
+            losses.append(live["loss"])
+            status = replace(status, progress_percent=round(100.0 * live["step"] / max(plan.get("total_steps", 1), 1), 2))
+        loss = None
+        if losses:  # keys without a value yet are left out (Bread's SDK reads loss as str -> float)
+            loss = {"latest_loss": losses[-1], "min_loss": min(losses), "max_loss": max(losses)}
+            if status.status == "complete":
+                loss["final_loss"] = losses[-1]
+        names = None
+        if status.status == "complete":  # index 0 is the latest checkpoint, as Bread lists them
+            names = [f"{self.ws.name}/{repo_name}/{bake_name}/{c.step}" for c in reversed(run.checkpoints())]
+        figures = {"loss": loss, "model_name": names}
+        return bake, status, figures
+
+    def start_bake(self, repo_name: str, bake_name: str) -> tuple[StoredBake, JobStatus, dict[str, Any]]:
+        """Start (or resume) a bake; repeating it while it runs or after it completed changes nothing."""
+        bake = self.ws.get_bake(repo_name, bake_name)
+        self.ws.bake_dataset_lines(repo_name, bake.config)  # the trainer's own check, before queueing
+        status = self.ws.bake_run(repo_name, bake).job.status()
+        if status.status not in ("running", "complete"):
+            self.runner.submit(self._bake_ref(repo_name, bake), status)
+        return self.bake_status(repo_name, bake_name)
+
+    def bake_metrics(self, repo_name: str, bake_name: str) -> list[dict[str, Any]]:
+        bake = self.ws.get_bake(repo_name, bake_name)
+        return list(self.ws.bake_run(repo_name, bake).iter_metrics())
+
+    def delete_bake(self, repo_name: str, bake_name: str) -> None:
+        bake = self.ws.get_bake(repo_name, bake_name)
+        finished = self.ws.bake_run(repo_name, bake).job.status().status == "complete"
+        # A worker may still be exiting after it completed the bake; it writes nothing more.
+        if not finished and self.runner.active(self._bake_ref(repo_name, bake)):
+            raise InvalidInput(f"Bake '{bake_name}' is running; wait for it or cancel it first")
+        self.ws.delete_bake(repo_name, bake_name)

@@ -19,7 +19,6 @@ from prefect import flow
 
 from repo_store import MAX_PAGE_LIMIT, JobStatus, Store, Workspace
 from repo_store.bakes import BakeRun
-from targets import InvalidInput
 from targets.bake import BakeConfig, epoch_order, select_trajectories
 
 from flows.engines.tiny_model import resolve_model
@@ -42,7 +41,7 @@ def run_bake(
     """
     bake = workspace.get_bake(repo_name, bake_name)
     config = bake.config
-    lines = check_datasets_ready(workspace, repo_name, config)
+    lines = workspace.bake_dataset_lines(repo_name, config)
     run = workspace.bake_run(repo_name, bake)
     attempt = run.job.claim(owner="bake")
     if attempt is None:
@@ -83,19 +82,6 @@ def run_bake(
         attempt.complete(0, summary)
         progress.summary(f"bake {repo_name}/{bake_name}", summary)
     return run.job.status()
-
-
-def check_datasets_ready(workspace: Workspace, repo_name: str, config: BakeConfig) -> list[int]:
-    """Each dataset target's number of trajectories; InvalidInput unless every rollout is complete."""
-    if not config.datasets:
-        raise InvalidInput("Bake has no datasets: set 'datasets' to [{target, weight}]")
-    lines = []
-    for dataset in config.datasets:
-        status = workspace.job(repo_name, dataset.target, "rollout").status()
-        if status.status != "complete":
-            raise InvalidInput("Target rollouts must complete before starting bake")
-        lines.append(status.lines)
-    return lines
 
 
 def bake_summary(run: BakeRun) -> dict[str, Any]:

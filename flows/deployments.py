@@ -13,6 +13,7 @@ STIM = "stim/stim"
 ROLLOUT = "rollout/rollout"
 ROLLOUT_SHARD = "rollout-shard/rollout-shard"
 TARGET = "target/target"
+BAKE = "bake/bake"
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 

@@ -296,6 +296,18 @@ class Workspace:
         self.get_repo(repo_name)
         return self.storage.list_names(self._path(repo_name, "bakes"))
 
+    def bake_dataset_lines(self, repo_name: str, config: BakeConfig) -> list[int]:
+        """Each dataset target's number of trajectories; InvalidInput unless every rollout is complete."""
+        if not config.datasets:
+            raise InvalidInput("Bake has no datasets: set 'datasets' to [{target, weight}]")
+        lines = []
+        for dataset in config.datasets:
+            status = self.job(repo_name, dataset.target, "rollout").status()
+            if status.status != "complete":
+                raise InvalidInput("Target rollouts must complete before starting bake")
+            lines.append(status.lines)
+        return lines
+
     def bake_run(self, repo_name: str, bake: StoredBake) -> BakeRun:
         folder = self._path(repo_name, "bakes", bake.bake_name, "runs", bake.bake_id)
         return BakeRun(self.storage, folder, self.store.job(folder, "bake"))

@@ -298,3 +298,49 @@ def test_delete_target(api):
     make_target(c, "del")
     assert c.targets.delete("t", repo_name="del")["message"] == "Resource deleted successfully"
     assert c.targets.list("del") == []
+
+
+def test_bake_through_breads_sdk(api):
+    from aibread import Bread
+    import aibread
+
+    bread = Bread(base_url=api["url"], api_key=api["keys"]["write"], _strict_response_validation=True, max_retries=0)
+    bread.bakes._sleep = lambda seconds: time.sleep(0.5)  # the SDK polls every 30 s
+    bread.repo.create(repo_name="oven", base_model="tiny-random")
+    bread.prompts.create("oven", prompt_name="teacher", messages=[{"role": "system", "content": "Be terse."}])
+    bread.prompts.create("oven", prompt_name="student", messages=[])
+    bread.targets.create("oven", target_name="t", template="default", overrides={
+        "teacher_prompt": "teacher", "student_prompt": "student", "model_name": "fake", "num_traj_per_stimulus": 2,
+        "max_tokens": 8, "generators": [{"type": "hardcoded", "questions": QUESTIONS[:4]}],
+    })
+    overrides = {"datasets": [{"target": "t"}], "epochs": 2, "micro_batch_size": 4,
+                 "model": {"baked_adapter_config": {"r": 4, "lora_alpha": 8}}, "optimizer": {"learning_rate": 1e-3}}
+    created = bread.bakes.create("oven", bake_name="b", template="default", overrides=overrides)
+    assert created.status == "not_started" and created.config["epochs"] == 2
+    with pytest.raises(aibread.BadRequestError, match="Target rollouts must complete before starting bake"):
+        bread.bakes.run("b", repo_name="oven", poll=False)
+    with pytest.raises(aibread.ConflictError):
+        bread.bakes.create("oven", bake_name="b", template="default", overrides={**overrides, "epochs": 3})
+    with pytest.raises(aibread.UnprocessableEntityError, match="scheduler.lr"):
+        bread.bakes.create("oven", bake_name="bad", template="default", overrides={"scheduler": {"lr": 0.1}})
+    with pytest.raises(aibread.NotFoundError):
+        bread.bakes.get("nope", repo_name="oven")
+
+    bread.targets.stim.run("t", repo_name="oven", poll=False)
+    deadline = time.monotonic() + 180
+    for resource in (bread.targets.stim, bread.targets.rollout):
+        if resource is bread.targets.rollout:
+            resource.run("t", repo_name="oven", poll=False)
+        while resource.get("t", repo_name="oven").status != "complete":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    done = bread.bakes.run("b", repo_name="oven", poll=True)
+    assert done.status == "complete", done.error
+    assert done.api_model_name == ["alpha/oven/b/4"] and done.progress_percent == 100.0
+    assert set(done.loss) == {"latest_loss", "final_loss", "min_loss", "max_loss"}
+    metrics = bread.bakes.get_metrics("b", repo_name="oven")
+    assert [m["iter"] for m in metrics] == [1, 2, 3, 4] and metrics[-1]["loss"] == done.loss["final_loss"]
+    assert bread.bakes.run("b", repo_name="oven", poll=False).status == "complete"  # idempotent
+    assert bread.bakes.list("oven").bakes == ["b"]
+    assert bread.bakes.delete("b", repo_name="oven").message
+    assert bread.bakes.list("oven").bakes == []

@@ -27,6 +27,7 @@ import httpx
 from targets.errors import BakehouseError
 
 IN_PROGRESS = ("not_started", "pending", "running")
+BAKE_IN_PROGRESS = ("not_started", "preparing", "pending", "running", "incomplete")  # as Bread's SDK waits
 
 
 class APIError(BakehouseError):
@@ -149,6 +150,7 @@ class Client:
         self.repo = Repos(self)
         self.prompts = Prompts(self)
         self.targets = Targets(self)
+        self.bakes = Bakes(self)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         return _json_or_raise(self._http.request(method, path, **kwargs))
@@ -300,6 +302,61 @@ class Job(_Resource):
         for row in self.iter_output(target_name, repo_name=repo_name):
             if (example := _training_row(row)) is not None:
                 yield example
+
+
+class Bakes(_Resource):
+    """`client.bakes`: define a bake, run it, watch its loss, read its metrics."""
+
+    def _path(self, repo_name: str, bake_name: str = "") -> str:
+        return f"/v1/repo/{repo_name}/bakes" + (f"/{bake_name}" if bake_name else "")
+
+    def create(self, repo_name: str, *, bake_name: str, template: str = "default",
+               overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"bake_name": bake_name, "template": template, "overrides": overrides}
+        return self._client.request("POST", self._path(repo_name), json=body)
+
+    def create_batch(self, repo_name: str, *, bakes: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._client.request("POST", f"{self._path(repo_name)}/batch", json={"bakes": bakes})
+
+    def get(self, bake_name: str, *, repo_name: str) -> dict[str, Any]:
+        return self._client.request("GET", self._path(repo_name, bake_name))
+
+    def list(self, repo_name: str) -> list[str]:
+        return self._client.request("GET", self._path(repo_name))["bakes"]
+
+    def delete(self, bake_name: str, *, repo_name: str) -> dict[str, Any]:
+        return self._client.request("DELETE", self._path(repo_name, bake_name))
+
+    def run(self, bake_name: str, *, repo_name: str, poll: bool = True, poll_interval: float | None = None,
+            timeout: float | None = None, raise_on_failure: bool = True,
+            on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Start the bake (or join it); with `poll`, wait until it ends. `on_progress` gets every
+        status seen (`progress_percent`, `loss`); JobFailed and JobTimeout as for jobs."""
+        bake = self._client.request("POST", self._path(repo_name, bake_name))
+        if not poll:
+            return bake
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while bake["status"] in BAKE_IN_PROGRESS:
+            if on_progress:
+                on_progress(bake)
+            if deadline is not None and time.monotonic() > deadline:
+                raise JobTimeout(f"bake {repo_name}/{bake_name} still {bake['status']} after {timeout}s")
+            time.sleep(poll_interval or self._client.poll_interval)
+            bake = self.get(bake_name, repo_name=repo_name)
+        if on_progress:
+            on_progress(bake)
+        return _settle(bake, raise_on_failure)
+
+    def get_metrics(self, bake_name: str, *, repo_name: str, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        params = {"offset": offset, **({"limit": limit} if limit else {})}
+        return self._client.request("GET", f"{self._path(repo_name, bake_name)}/metrics", params=params)
+
+    def iter_metrics(self, bake_name: str, *, repo_name: str, page_size: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every metrics row (one per logged step), a page at a time."""
+        offset = 0
+        while page := self.get_metrics(bake_name, repo_name=repo_name, offset=offset, limit=page_size):
+            yield from page
+            offset += len(page)
 
 
 # -- async ---------------------------------------------------------------------------------------

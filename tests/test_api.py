@@ -344,3 +344,25 @@ def test_bake_through_breads_sdk(api):
     assert bread.bakes.list("oven").bakes == ["b"]
     assert bread.bakes.delete("b", repo_name="oven").message
     assert bread.bakes.list("oven").bakes == []
+
+
+def test_bake_through_our_sdk_with_progress_and_metric_pages(api):
+    c = client(api)
+    c.repo.create(repo_name="kitchen", base_model="tiny-random")
+    c.prompts.create("kitchen", prompt_name="teacher", messages=[{"role": "system", "content": "Be terse."}])
+    c.prompts.create("kitchen", prompt_name="student", messages=[])
+    c.targets.create("kitchen", target_name="t", overrides={
+        "teacher_prompt": "teacher", "student_prompt": "student", "model_name": "fake", "num_traj_per_stimulus": 2,
+        "max_tokens": 8, "generators": [{"type": "hardcoded", "questions": QUESTIONS[:6]}],
+    })
+    c.targets.stim.run("t", repo_name="kitchen", timeout=180)
+    c.targets.rollout.run("t", repo_name="kitchen", timeout=180)
+    c.bakes.create("kitchen", bake_name="b", overrides={
+        "datasets": [{"target": "t"}], "micro_batch_size": 2, "epochs": 1,
+        "model": {"baked_adapter_config": {"r": 4, "lora_alpha": 8}}, "checkpoint": [{"save_every_n_steps": 3}]})
+    seen = []
+    done = c.bakes.run("b", repo_name="kitchen", timeout=300, on_progress=seen.append)
+    assert done["status"] == "complete" and seen[-1] == done
+    assert done["model_name"] == ["alpha/kitchen/b/6", "alpha/kitchen/b/3"]
+    assert [m["iter"] for m in c.bakes.iter_metrics("b", repo_name="kitchen", page_size=4)] == list(range(1, 7))
+    assert [m["iter"] for m in c.bakes.get_metrics("b", repo_name="kitchen", offset=4, limit=10)] == [5, 6]

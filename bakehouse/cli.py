@@ -157,7 +157,9 @@ def apply(path: Path) -> None:
             client.prompts.create(repo, prompt_name=data["prompt_name"], messages=data["messages"], tools=data.get("tools"))
         for target in spec.targets:
             client.targets.create(repo, target_name=target.target_name, template=target.template, overrides=target.overrides)
-    typer.echo(f"repo {repo}: {len(spec.prompts)} prompts, {len(spec.targets)} targets")
+        for bake in spec.bakes:
+            client.bakes.create(repo, bake_name=bake.bake_name, template=bake.template, overrides=bake.overrides)
+    typer.echo(f"repo {repo}: {len(spec.prompts)} prompts, {len(spec.targets)} targets, {len(spec.bakes)} bakes")
 
 
 def _job_commands(kind: str) -> typer.Typer:
@@ -269,6 +271,50 @@ def _job_commands(kind: str) -> typer.Typer:
 
 app.add_typer(_job_commands("stim"), name="stim")
 app.add_typer(_job_commands("rollout"), name="rollout")
+
+bake_app = typer.Typer(help="Bakes: train the teacher prompt into the model (define them with `apply`).", no_args_is_help=True)
+app.add_typer(bake_app, name="bake")
+
+
+@bake_app.command("run")
+def bake_run(
+    bake: str,
+    repo: str = RepoOption,
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow training until the bake ends."),
+) -> None:
+    """Start (or join) a bake; with --wait show a progress bar with the latest loss."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with _server() as client:
+        if not wait:
+            typer.echo(json.dumps(client.bakes.run(bake, repo_name=repo, poll=False)))
+            return
+        with Progress(TextColumn("    bake"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                      TextColumn("loss {task.fields[loss]} {task.fields[status]}"), TimeElapsedColumn()) as bars:
+            task = bars.add_task("bake", total=100, loss="-", status="")
+
+            def show(job: dict) -> None:
+                loss = (job.get("loss") or {}).get("latest_loss")
+                bars.update(task, completed=job.get("progress_percent") or 0, status=job["status"],
+                            loss="-" if loss is None else f"{loss:.4g}")
+
+            job = client.bakes.run(bake, repo_name=repo, poll_interval=1.0, on_progress=show)
+    typer.echo(f"bake {job['status']}: final loss {(job.get('loss') or {}).get('final_loss')}; models {job.get('model_name')}")
+
+
+@bake_app.command("status")
+def bake_status(bake: str, repo: str = RepoOption) -> None:
+    """Print the bake's status, loss and checkpoints as JSON."""
+    with _server() as client:
+        typer.echo(json.dumps(client.bakes.get(bake, repo_name=repo), indent=2))
+
+
+@bake_app.command("metrics")
+def bake_metrics(bake: str, repo: str = RepoOption) -> None:
+    """Print the bake's metrics rows as JSON lines (one per logged step)."""
+    with _server() as client:
+        for row in client.bakes.iter_metrics(bake, repo_name=repo):
+            sys.stdout.write(json.dumps(row) + "\n")
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """`bakehouse demo`: the main job on the embedded default (local storage, Prefect without a server,
-in-process CPU vLLM, the tiny model), with live progress, ending with where the output is."""
+in-process CPU vLLM, the tiny model): stim -> rollout -> bake, with live progress, ending with the
+bake's loss curve and where its checkpoints are."""
 
 from __future__ import annotations
 
@@ -11,18 +12,20 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bakehouse.specs import EXAMPLES, read_spec_file
 from repo_store import Store, Workspace
+from targets.bake import BakeSpec
 
 console = Console()
 
 
-def apply_locally(workspace: Workspace, path) -> tuple[str, list[str]]:
+def apply_locally(workspace: Workspace, path) -> tuple[str, list[str], list[BakeSpec]]:
     spec = read_spec_file(path)
     workspace.create_repo(spec.repo)
     for prompt in spec.prompts:
         workspace.create_prompt(spec.repo.repo_name, prompt)
     for target in spec.targets:
         workspace.create_target(spec.repo.repo_name, target)
-    return spec.repo.repo_name, [t.target_name for t in spec.targets]
+    # Bakes are created once their targets exist; they are checked against them.
+    return spec.repo.repo_name, [t.target_name for t in spec.targets], spec.bakes
 
 
 def watch(workspace: Workspace, repo: str, target: str, stop: threading.Event) -> None:
@@ -49,7 +52,7 @@ def run_demo(data_url: str | None = None, spec_path=None) -> int:
 
     store = Store(data_url)
     workspace = store.workspace()
-    repo, targets = apply_locally(workspace, spec_path or EXAMPLES / "demo.yaml")
+    repo, targets, bakes = apply_locally(workspace, spec_path or EXAMPLES / "demo.yaml")
     target = targets[0]
     console.print(f"[bold]bakehouse demo[/bold]: repo [cyan]{repo}[/cyan], target [cyan]{target}[/cyan], storage {store.url}")
     console.print("Starting Prefect (a temporary local server) and vLLM on the CPU with the tiny model…")
@@ -80,4 +83,46 @@ def run_demo(data_url: str | None = None, spec_path=None) -> int:
             "finish_reason": row["finish_reason"],
         }
         console.print_json(json.dumps(shown, ensure_ascii=False))
+    for bake in bakes:
+        if bake_locally(workspace, repo, bake) != 0:
+            return 1
+    return 0
+
+
+def bake_locally(workspace: Workspace, repo: str, spec: BakeSpec) -> int:
+    """Run one bake in this process with a progress bar showing its loss, then its figures."""
+    from flows.bake import bake_flow
+    from flows.params import BakeJob
+
+    bake, _ = workspace.create_bake(repo, spec)
+    run = workspace.bake_run(repo, bake)
+    console.print(f"\n[bold]Baking[/bold] [cyan]{bake.bake_name}[/cyan] (LoRA r={bake.config.model.baked_adapter_config.r}) "
+                  f"on {[d.target for d in bake.config.datasets]}…")
+    stop = threading.Event()
+
+    def show() -> None:
+        with Progress(TextColumn("    bake"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                      TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=console) as bars:
+            task = bars.add_task("bake", total=100, loss="-")
+            while not stop.wait(0.5):
+                status = run.job.status()
+                live = run.read_live(status.attempt) if status.attempt else None
+                if live:
+                    bars.update(task, completed=100.0 * live["step"] / live["total_steps"], loss=f"{live['loss']:.4f}")
+            bars.update(task, completed=run.job.status().progress_percent or 0)
+
+    watcher = threading.Thread(target=show, daemon=True)
+    watcher.start()
+    try:
+        result = bake_flow(BakeJob(repo_name=repo, bake_name=bake.bake_name, data_url=workspace.store.url))
+    finally:
+        stop.set()
+        watcher.join()
+    if result["status"] != "complete":
+        console.print(f"[red]Bake {result['status']}[/red]: {result['error']}")
+        return 1
+    losses = [row["loss"] for row in run.iter_metrics()]
+    console.print(f"[green]Baked[/green]: {len(losses)} steps, KL per response token {losses[0]:.4f} -> {losses[-1]:.4f} "
+                  f"(min {min(losses):.4f}).")
+    console.print(f"Checkpoints (steps {result['summary']['checkpoints']}): {run.folder}/checkpoints/")
     return 0

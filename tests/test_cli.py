@@ -131,7 +131,7 @@ def test_errors_print_the_server_message_and_exit_non_zero(server, monkeypatch):
 @pytest.mark.vllm
 @pytest.mark.prefect
 def test_demo_runs_the_main_job_end_to_end(tmp_path):
-    """What `bash scripts/demo.sh` runs after installing: stim -> rollout on the embedded default."""
+    """What `bash scripts/demo.sh` runs after installing: stim -> rollout -> bake on the embedded default."""
     env = {**__import__("os").environ, "BAKEHOUSE_DATA": str(tmp_path / "data"), "PREFECT_HOME": str(tmp_path / "prefect"),
            "OMP_NUM_THREADS": "1"}
     env.pop("PREFECT_API_URL", None)
@@ -141,6 +141,11 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path):
     job = Store(str(tmp_path / "data")).workspace().job("demo", "pirate", "rollout")
     status = job.status()
     assert status.status == "complete" and status.lines == status.total_expected > 0
+    assert "Baked" in done.stdout and "KL per response token" in done.stdout
+    ws = Store(str(tmp_path / "data")).workspace()
+    run = ws.bake_run("demo", ws.get_bake("demo", "pirate_bake"))
+    losses = [row["loss"] for row in run.iter_metrics()]
+    assert run.job.status().status == "complete" and losses[-1] < losses[0]
 
 
 def test_reading_everything_of_an_unfinished_job_needs_consent(server, monkeypatch, tmp_path):

@@ -35,9 +35,10 @@ class ThreadRunner(RecordingRunner):
         self.store = store
 
     def submit(self, ref, status: JobStatus) -> None:
+        from flows.bake import run_bake
         from flows.rollout import run_rollout
         from flows.stim import run_stim
 
         super().submit(ref, status)
-        run = run_stim if ref.kind == "stim" else run_rollout
+        run = {"stim": run_stim, "rollout": run_rollout, "bake": run_bake}[ref.kind]
         threading.Thread(target=run, args=(self.store.workspace(ref.workspace), ref.repo_name, ref.target_name)).start()

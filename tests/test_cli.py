@@ -112,6 +112,47 @@ def test_apply_run_status_output_and_export(server, tmp_path, monkeypatch):
     assert pl.read_parquet(parquet).height == 3
 
 
+BAKE_SPEC = """
+repo: {repo_name: clibake, base_model: tiny-random}
+prompts:
+  - {prompt_name: teacher, messages: [{role: system, content: Be brief.}]}
+  - {prompt_name: student, messages: []}
+targets:
+  - target_name: t
+    overrides:
+      teacher_prompt: teacher
+      student_prompt: student
+      model_name: fake
+      num_traj_per_stimulus: 2
+      max_tokens: 8
+      generators: [{type: hardcoded, questions: ["one?", "two?", "three?"]}]
+bakes:
+  - bake_name: b
+    overrides: {datasets: [{target: t}], micro_batch_size: 2, model: {baked_adapter_config: {r: 4}}}
+"""
+
+
+def test_bake_run_status_and_metrics(server, tmp_path, monkeypatch):
+    key = Store(server["data"]).keys.create(workspace="default", scope="write")[1]
+    monkeypatch.setenv("BAKEHOUSE_BASE_URL", server["url"])
+    monkeypatch.setenv("BAKEHOUSE_API_KEY", key)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(BAKE_SPEC)
+    cli = CliRunner()
+    result = cli.invoke(app, ["apply", str(spec)])
+    assert result.exit_code == 0 and "1 targets, 1 bakes" in result.output, result.output
+    result = cli.invoke(app, ["bake", "run", "b", "--repo", "clibake"])
+    assert result.exit_code == 1 and "Target rollouts must complete before starting bake" in result.output
+    for kind in ("stim", "rollout"):
+        assert cli.invoke(app, [kind, "run", "t", "--repo", "clibake"]).exit_code == 0
+    result = cli.invoke(app, ["bake", "run", "b", "--repo", "clibake"])
+    assert result.exit_code == 0 and "bake complete: final loss" in result.output, result.output
+    status = json.loads(cli.invoke(app, ["bake", "status", "b", "--repo", "clibake"]).output)
+    assert status["model_name"] == ["default/clibake/b/3"]
+    rows = [json.loads(line) for line in cli.invoke(app, ["bake", "metrics", "b", "--repo", "clibake"]).output.splitlines()]
+    assert [r["iter"] for r in rows] == [1, 2, 3] and rows[-1]["loss"] == status["loss"]["final_loss"]
+
+
 def test_errors_print_the_server_message_and_exit_non_zero(server, monkeypatch):
     key = Store(server["data"]).keys.create(workspace="default", scope="read")[1]
     monkeypatch.setenv("BAKEHOUSE_BASE_URL", server["url"])

@@ -87,7 +87,7 @@ class Trainer:
 
     # -- training ------------------------------------------------------------------------------
 
-    def _response_logits(self, contexts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
+    def response_logits(self, contexts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
         """Logits predicting each response token, all rows concatenated: [response tokens, vocab]."""
         width = max(len(c) + len(r) for c, r in zip(contexts, responses, strict=True))
         pad = self.tokenizer.pad_token_id or 0
@@ -117,8 +117,8 @@ class Trainer:
                 continue
             responses = [e.response for e in batch]
             with torch.no_grad(), self.model.disable_adapter():
-                teacher = self._response_logits([e.teacher_context for e in batch], responses)
-            student = self._response_logits([e.student_context for e in batch], responses)
+                teacher = self.response_logits([e.teacher_context for e in batch], responses)
+            student = self.response_logits([e.student_context for e in batch], responses)
             kl = forward_kl(teacher, student)
             (kl.sum() / tokens).backward()
             total_kl += kl.detach().sum().item()

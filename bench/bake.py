@@ -1,0 +1,181 @@
+"""Bake step throughput: our KL bake vs a plain SFT step vs TRL's SFTTrainer, same rows, same LoRA.
+
+    python bench/bake.py [--trajectories 96] [--steps 12] [--warmup 2] [--batch 4] [--max-tokens 48]
+                         [--layers 4] [--hidden 256] [--model PATH]
+
+The rows: a rollout of --trajectories answers (--max-tokens each, fake engine: words, no model needed)
+written by the real stim and rollout jobs to a temp local store and read back through the page
+reader. The model: a Llama built in code (--layers, --hidden; random weights, the tiny model's
+tokenizer) unless --model names a local folder. The LoRA: r=16, alpha=32, all-linear, AdamW lr 1e-4.
+
+Measured, each on a fresh model, --warmup steps untimed then --steps timed, batch --batch:
+  kl_online  `flows.trainer.Trainer.step`: teacher forward with the adapter off, student forward and
+             backward, forward KL over the full vocabulary at the response positions (what a bake does);
+  sft        the same trainer's model and data, cross-entropy on the response tokens (no teacher);
+  trl_sft    TRL's `SFTTrainer` on the student chats as prompt/completion pairs (completion-only loss),
+             same LoRA, batch and learning rate (the tool a user would otherwise pick).
+Printed: seconds per step (median) and response tokens per second, with the ratios kl_online/sft
+and kl_online/trl_sft, all from this one run. Not a test: machines are noisy, compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import make_target  # noqa: E402
+
+LORA = {"r": 16, "lora_alpha": 32, "target_modules": "all-linear", "lora_dropout": 0.0}
+LEARNING_RATE = 1e-4
+
+
+def rollout_rows(folder: str, trajectories: int, max_tokens: int) -> list[dict]:
+    from flows.engines.fake import FakeEngine
+    from flows.rollout import run_rollout
+    from flows.stim import run_stim
+    from repo_store import Store
+
+    class Engines:  # the fake engine for every model name
+        def __call__(self, model, **options):
+            return FakeEngine(model)
+
+        def close(self):
+            pass
+
+    ws = Store(folder).workspace()
+    questions = [f"Where did captain {i} bury the treasure, and why there?" for i in range(trajectories // 2)]
+    make_target(ws, "bench", "t", model="fake", questions=questions, num_traj_per_stimulus=2, max_tokens=max_tokens)
+    run_stim(ws, "bench", "t", engines=Engines())
+    run_rollout(ws, "bench", "t", engines=Engines())
+    return ws.read_page("bench", "t", "rollout", offset=0, limit=1000).rows
+
+
+def build_model(folder: str, layers: int, hidden: int) -> str:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from flows.engines.tiny_model import tiny_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path())
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 8 // 3,
+                         num_hidden_layers=layers, num_attention_heads=max(hidden // 64, 1),
+                         num_key_value_heads=max(hidden // 64, 1), tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def trainer_for(model_path: str, batch: int):
+    from flows.trainer import Trainer
+    from targets import parse
+    from targets.bake import BakeConfig
+
+    config = parse(BakeConfig, {"micro_batch_size": batch, "optimizer": {"learning_rate": LEARNING_RATE},
+                                "model": {"baked_adapter_config": LORA}}, "bake config")
+    return Trainer(model_path, config)
+
+
+def time_steps(step, batches, warmup: int) -> list[float]:
+    seconds = []
+    for index, batch in enumerate(batches):
+        started = time.perf_counter()
+        step(batch)
+        if index >= warmup:
+            seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def measure_ours(model_path: str, rows: list[dict], args, kind: str) -> tuple[list[float], int]:
+    import torch
+
+    trainer = trainer_for(model_path, args.batch)
+    examples = [trainer.example(row) for row in rows]
+    batches = [examples[(i * args.batch) % len(examples):][: args.batch] for i in range(args.warmup + args.steps)]
+
+    def sft(batch) -> None:
+        trainer.optimizer.zero_grad(set_to_none=True)
+        logits = trainer.response_logits([e.student_context for e in batch], [e.response for e in batch])
+        targets = torch.tensor([t for e in batch for t in e.response])
+        torch.nn.functional.cross_entropy(logits, targets).backward()
+        torch.nn.utils.clip_grad_norm_(trainer.params, 1.0)
+        trainer.optimizer.step()
+
+    step = (lambda batch: trainer.step([batch])) if kind == "kl_online" else sft
+    tokens = sum(len(e.response) for e in examples) / len(examples)
+    return time_steps(step, batches, args.warmup), tokens
+
+
+def measure_trl(model_path: str, rows: list[dict], args) -> list[float]:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    pairs = [{"prompt": row["conditioned_stimulus"]["messages"],
+              "completion": [{"role": "assistant", "content": row["response"]["content"]}]} for row in rows]
+    seconds: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args_, state, *_, **__):
+            if state.global_step > args.warmup:
+                seconds.append(time.perf_counter() - self.started)
+
+    with tempfile.TemporaryDirectory() as output:
+        config = SFTConfig(output_dir=output, per_device_train_batch_size=args.batch, max_steps=args.warmup + args.steps,
+                           learning_rate=LEARNING_RATE, lr_scheduler_type="constant", logging_steps=10_000,
+                           save_strategy="no", report_to=[], use_cpu=True, completion_only_loss=True,
+                           dataloader_num_workers=0, max_length=2048, max_grad_norm=1.0, seed=0)
+        trainer = SFTTrainer(model=model_path, args=config, train_dataset=Dataset.from_list(pairs),
+                             peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA), callbacks=[StepTimer()])
+        trainer.train()
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trajectories", type=int, default=96)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--model", default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-bake-") as scratch:
+        rows = rollout_rows(f"{scratch}/data", args.trajectories, args.max_tokens)
+        model_path = args.model or build_model(f"{scratch}/model", args.layers, args.hidden)
+        results = {}
+        tokens_per_example = 0.0
+        for kind in ("kl_online", "sft"):
+            seconds, tokens_per_example = measure_ours(model_path, rows, args, kind)
+            results[kind] = statistics.median(seconds)
+        results["trl_sft"] = statistics.median(measure_trl(model_path, rows, args))
+    tokens_per_step = tokens_per_example * args.batch
+    for kind, seconds in results.items():
+        print(f"{kind:>10}: {seconds * 1000:8.1f} ms/step  {tokens_per_step / seconds:8.0f} response tok/s")
+    print(json.dumps({
+        "kl_online/sft": round(results["sft"] / results["kl_online"], 3),
+        "kl_online/trl_sft": round(results["trl_sft"] / results["kl_online"], 3),
+        "sft/trl_sft": round(results["trl_sft"] / results["sft"], 3),
+        "response_tokens_per_example": round(tokens_per_example, 1), "batch": args.batch,
+        "model": args.model or f"llama {args.layers} layers x {args.hidden} (random)",
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,7 @@ from bakehouse.limits import BodySizeLimit, RateLimiter, retry_after_header
 from bakehouse.runner import LocalRunner
 from bakehouse.service import Runner, Service
 from repo_store import MAX_PAGE_LIMIT, ApiKey, JobStatus, Store
+from repo_store.downloads import LinkRefused
 from targets import BakehouseError, Conflict, InvalidInput, NotFound, ValidationFailed
 
 VERSION = "0.1.0"
@@ -298,6 +299,20 @@ def create_app(
         routes()
 
     add_bake_routes(v1, Read, Write, UserId, EXISTED)
+
+    @v1.get("/downloads/{token}", tags=["bakes"], response_class=Response,
+            responses={200: {"content": {"application/gzip": {}}}, 403: ERROR_RESPONSES[403]},
+            description="A file behind a signed, expiring link from `.../download` (no API key: the link is the key).")
+    def download(token: str):
+        try:
+            path = store.downloads.verify(token)
+        except LinkRefused as refused:
+            return _error(403, str(refused), "FORBIDDEN")
+        data = store.storage.read_bytes(path)
+        if data is None:
+            return _error(404, "The file behind this link no longer exists", "RESOURCE_NOT_FOUND")
+        name = path.rsplit("/", 1)[-1]
+        return Response(data, media_type="application/gzip", headers={"Content-Disposition": f'attachment; filename="{name}"'})
     app.include_router(v1)
     return app
 

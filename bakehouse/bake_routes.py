@@ -8,7 +8,7 @@ the dependency types `Read` and `Write` themselves, not their names.)
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from bakehouse import schemas as s
 from repo_store import MAX_PAGE_LIMIT
@@ -71,3 +71,11 @@ def add_bake_routes(v1: APIRouter, Read: Any, Write: Any, UserId: Any, existed: 
                      limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE_LIMIT)] = None, user_id: UserId = None):
         rows = service.bake_metrics(repo_name, bake_name)
         return rows[offset: None if limit is None else offset + limit]
+
+    @v1.get(path + "/{bake_name}/download", response_model=s.DownloadUrlResponse, tags=["bakes"],
+            description="An expiring URL of a checkpoint's adapter (.tar.gz: adapter_model.safetensors and "
+                        "adapter_config.json). `checkpoint` is the step (default: the latest).")
+    def download_bake(repo_name: str, bake_name: str, service: Read, request: Request,
+                      checkpoint: Annotated[int | None, Query(ge=0)] = None,
+                      expires_in: Annotated[int, Query(ge=1, le=604800)] = 3600, user_id: UserId = None):
+        return service.bake_download(repo_name, bake_name, checkpoint, expires_in, str(request.base_url))

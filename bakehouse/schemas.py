@@ -160,6 +160,13 @@ class BakeResponse(JobResponse):
     loss: dict[str, float] | None = Field(None, description="latest_loss, final_loss, min_loss, max_loss")
 
 
+class DownloadUrlResponse(BaseModel):
+    url: str
+    bake_name: str
+    checkpoint: int = Field(description="The checkpoint's step")
+    expires_in: int
+
+
 class BakeList(BaseModel):
     bakes: list[str]
 

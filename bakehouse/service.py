@@ -9,8 +9,9 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from repo_store import Job, JobStatus, StoredTarget, Workspace
+from repo_store.bakes import ADAPTER_ARCHIVE
 from repo_store.store import StoredBake
-from targets import BakehouseError, InvalidInput, PromptSpec, RepoSpec, TargetSpec, parse
+from targets import BakehouseError, InvalidInput, NotFound, PromptSpec, RepoSpec, TargetSpec, parse
 from targets.bake import BakeSpec
 
 from bakehouse.runner import JobRef
@@ -170,6 +171,23 @@ class Service:
     def bake_metrics(self, repo_name: str, bake_name: str) -> list[dict[str, Any]]:
         bake = self.ws.get_bake(repo_name, bake_name)
         return list(self.ws.bake_run(repo_name, bake).iter_metrics())
+
+    def bake_download(self, repo_name: str, bake_name: str, checkpoint: int | None, expires_in: int,
+                      link_base: str) -> dict[str, Any]:
+        """An expiring URL of a checkpoint's adapter archive (`checkpoint` is its step; default the
+        latest): S3's presigned URL, or on local storage a signed link this API serves."""
+        bake = self.ws.get_bake(repo_name, bake_name)
+        run = self.ws.bake_run(repo_name, bake)
+        records = {c.step: c for c in run.checkpoints()}
+        if not records:
+            raise InvalidInput(f"Bake '{bake_name}' has no checkpoint yet")
+        step = max(records) if checkpoint is None else checkpoint
+        if step not in records:
+            raise NotFound(f"Bake '{bake_name}' has no checkpoint {step}; it has {sorted(records)}")
+        path = run.checkpoint_file_path(records[step], ADAPTER_ARCHIVE)
+        signer = self.ws.store.downloads
+        url = signer.presigned_url(path, expires_in) or f"{link_base.rstrip('/')}/v1/downloads/{signer.token(path, expires_in)}"
+        return {"url": url, "bake_name": bake_name, "checkpoint": step, "expires_in": expires_in}
 
     def delete_bake(self, repo_name: str, bake_name: str) -> None:
         bake = self.ws.get_bake(repo_name, bake_name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 import os
 import random
 import tempfile
@@ -20,11 +21,9 @@ from typing import Any
 
 import torch
 
+from repo_store.bakes import ADAPTER_ARCHIVE, ADAPTER_FILES, STATE_FILE
 from targets.bake import BakeConfig
 from targets.bake_loss import forward_kl, teacher_top_k, top1_agreement
-
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-STATE_FILE = "training_state.pt"
 
 
 @dataclass(frozen=True)
@@ -143,6 +142,7 @@ class Trainer:
         adapter_config = json.loads(files["adapter_config.json"])
         adapter_config["base_model_name_or_path"] = parent_model  # the name users know, not a cache path
         files["adapter_config.json"] = json.dumps(adapter_config, indent=2).encode()
+        files[ADAPTER_ARCHIVE] = _tar_gz({name: files[name] for name in ADAPTER_FILES})
         state = io.BytesIO()
         torch.save({"step": step, "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                     "python_rng": random.getstate()}, state)
@@ -160,3 +160,13 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
         return int(state["step"])
+
+
+def _tar_gz(files: dict[str, bytes]) -> bytes:
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return archive.getvalue()

@@ -24,6 +24,12 @@ from repo_store.jobs import Job
 from repo_store.storage import Storage
 
 
+# The files of a checkpoint (the trainer writes them, downloads and resumes read them).
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")  # as peft saves an adapter
+ADAPTER_ARCHIVE = "adapter.tar.gz"  # both adapter files: what a download hands out
+STATE_FILE = "training_state.pt"  # optimizer, RNGs and step: what a resume needs
+
+
 @dataclass(frozen=True)
 class CheckpointRecord:
     step: int
@@ -89,10 +95,13 @@ class BakeRun:
         records = self.checkpoints()
         return records[-1] if records else None
 
-    def read_checkpoint_file(self, record: CheckpointRecord, name: str) -> bytes:
+    def checkpoint_file_path(self, record: CheckpointRecord, name: str) -> str:
         if name not in record.files:
             raise KeyError(f"checkpoint {record.step} has no file {name!r}")
-        return self.storage.read_bytes(self._path("checkpoints", record.folder, name))
+        return self._path("checkpoints", record.folder, name)
+
+    def read_checkpoint_file(self, record: CheckpointRecord, name: str) -> bytes:
+        return self.storage.read_bytes(self.checkpoint_file_path(record, name))
 
     # -- metrics and live progress -------------------------------------------------------------
 

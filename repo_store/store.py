@@ -37,6 +37,7 @@ from targets.bake import BakeConfig, BakeSpec
 from targets.config import deep_merge
 
 from repo_store.bakes import BakeRun
+from repo_store.downloads import DownloadSigner
 from repo_store.datasets import check_source, dataset_url, named_dataset_column, read_questions, read_text
 from repo_store.jobs import Job, JobKind
 from repo_store.keys import KeyStore
@@ -102,6 +103,7 @@ class Store:
         self.storage = Storage(url)
         self.footers = FooterCache()
         self.keys = KeyStore(self.storage)
+        self.downloads = DownloadSigner(self.storage)
         self._jobs: OrderedDict[str, Job] = OrderedDict()
 
     @property

@@ -6,11 +6,15 @@ server started for this module, as `bakehouse up` does.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import io
+import json
 import os
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 
@@ -341,6 +345,25 @@ def test_bake_through_breads_sdk(api):
     metrics = bread.bakes.get_metrics("b", repo_name="oven")
     assert [m["iter"] for m in metrics] == [1, 2, 3, 4] and metrics[-1]["loss"] == done.loss["final_loss"]
     assert bread.bakes.run("b", repo_name="oven", poll=False).status == "complete"  # idempotent
+    link = bread.bakes.download("b", repo_name="oven", expires_in=60)
+    assert (link.checkpoint, link.expires_in, link.bake_name) == (4, 60, "b")
+    archive = httpx.get(link.url)
+    assert archive.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(archive.content)) as tar:
+        assert sorted(tar.getnames()) == ["adapter_config.json", "adapter_model.safetensors"]
+        assert json.load(tar.extractfile("adapter_config.json"))["base_model_name_or_path"] == "tiny-random"
+    token = link.url.rsplit("/", 1)[-1]
+    body, mac = token.split(".")
+    forged = base64.urlsafe_b64encode(json.dumps({"path": "/etc/passwd", "exp": 2**40}).encode()).decode().rstrip("=")
+    for bad in (f"{forged}.{mac}", f"{body}.{'0' * len(mac)}", "nonsense"):
+        refused = httpx.get(link.url.replace(token, bad))
+        assert refused.status_code == 403 and refused.json()["code"] == "FORBIDDEN"
+    short = bread.bakes.download("b", repo_name="oven", expires_in=1)
+    time.sleep(2.1)
+    expired = httpx.get(short.url)
+    assert expired.status_code == 403 and "expired" in expired.json()["message"]
+    with pytest.raises(aibread.NotFoundError, match="no checkpoint 3"):
+        bread.bakes.download("b", repo_name="oven", checkpoint=3)
     assert bread.bakes.list("oven").bakes == ["b"]
     assert bread.bakes.delete("b", repo_name="oven").message
     assert bread.bakes.list("oven").bakes == []

@@ -399,3 +399,26 @@ def test_an_attempt_that_stops_making_progress_loses_its_lease(store, monkeypatc
     assert job.status().status == "failed"
     assert job.claim("rescuer") is not None
     working._stop()
+
+
+def test_download_links_are_presigned_on_s3_and_signed_tokens_locally(store):
+    import httpx
+
+    from repo_store.downloads import LinkRefused
+
+    path = store.storage.path("some", "adapter.tar.gz")
+    store.storage.write_bytes(path, b"weights")
+    signer = store.downloads
+    if store.storage.is_local:
+        assert signer.presigned_url(path, 60) is None
+        token = signer.token(path, 60, now=1000.0)
+        assert signer.verify(token, now=1059.0) == path
+        with pytest.raises(LinkRefused, match="expired"):
+            signer.verify(token, now=1061.0)
+        with pytest.raises(LinkRefused, match="not valid"):
+            signer.verify(token[:-1] + ("0" if token[-1] != "0" else "1"), now=1000.0)
+        assert Store(store.url).downloads.verify(token, now=1000.0) == path  # another process signs alike
+    else:
+        url = signer.presigned_url(path, 60)
+        assert "Signature" in url or "X-Amz-Signature" in url
+        assert httpx.get(url).content == b"weights"

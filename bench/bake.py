@@ -138,7 +138,9 @@ def measure_trl(model_path: str, rows: list[dict], args) -> list[float]:
         config = SFTConfig(output_dir=output, per_device_train_batch_size=args.batch, max_steps=args.warmup + args.steps,
                            learning_rate=LEARNING_RATE, lr_scheduler_type="constant", logging_steps=10_000,
                            save_strategy="no", report_to=[], use_cpu=True, completion_only_loss=True,
-                           dataloader_num_workers=0, max_length=2048, max_grad_norm=1.0, seed=0)
+                           dataloader_num_workers=0, max_length=2048, max_grad_norm=1.0, seed=0,
+                           # Same precision as ours: TRL otherwise trains in bf16, slow on most CPUs.
+                           bf16=False, model_init_kwargs={"dtype": "float32"})
         trainer = SFTTrainer(model=model_path, args=config, train_dataset=Dataset.from_list(pairs),
                              peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA), callbacks=[StepTimer()])
         trainer.train()

@@ -58,6 +58,11 @@ def add_bake_routes(v1: APIRouter, Read: Any, Write: Any, UserId: Any, existed: 
     def run_bake(repo_name: str, bake_name: str, service: Write, user_id: UserId = None):
         return _bake(service, repo_name, bake_name, service.start_bake(repo_name, bake_name))
 
+    @v1.post(path + "/{bake_name}/cancel", response_model=s.BakeResponse, tags=["bakes"], name="cancel_bake",
+             description="bakehouse extension: stop the bake, keeping its checkpoints; a later run resumes.")
+    def cancel_bake(repo_name: str, bake_name: str, service: Write, user_id: UserId = None):
+        return _bake(service, repo_name, bake_name, service.cancel_bake(repo_name, bake_name))
+
     @v1.delete(path + "/{bake_name}", response_model=s.DeleteResponse, tags=["bakes"])
     def delete_bake(repo_name: str, bake_name: str, service: Write, user_id: UserId = None):
         service.delete_bake(repo_name, bake_name)

@@ -347,6 +347,10 @@ class Bakes(_Resource):
             on_progress(bake)
         return _settle(bake, raise_on_failure)
 
+    def cancel(self, bake_name: str, *, repo_name: str) -> dict[str, Any]:
+        """Stop the bake; its checkpoints stay and a later `run` resumes from the last one."""
+        return self._client.request("POST", f"{self._path(repo_name, bake_name)}/cancel")
+
     def get_metrics(self, bake_name: str, *, repo_name: str, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         params = {"offset": offset, **({"limit": limit} if limit else {})}
         return self._client.request("GET", f"{self._path(repo_name, bake_name)}/metrics", params=params)

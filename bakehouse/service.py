@@ -168,6 +168,13 @@ class Service:
             self.runner.submit(self._bake_ref(repo_name, bake), status)
         return self.bake_status(repo_name, bake_name)
 
+    def cancel_bake(self, repo_name: str, bake_name: str) -> tuple[StoredBake, JobStatus, dict[str, Any]]:
+        """Stop a running bake; its checkpoints stay and a later start resumes from the last one."""
+        bake = self.ws.get_bake(repo_name, bake_name)
+        self.ws.bake_run(repo_name, bake).job.request_cancel()
+        self.runner.cancel(self._bake_ref(repo_name, bake))
+        return self.bake_status(repo_name, bake_name)
+
     def bake_metrics(self, repo_name: str, bake_name: str) -> list[dict[str, Any]]:
         bake = self.ws.get_bake(repo_name, bake_name)
         return list(self.ws.bake_run(repo_name, bake).iter_metrics())

@@ -23,7 +23,7 @@ from targets.bake import BakeConfig, epoch_order, select_trajectories
 
 from flows.engines.tiny_model import resolve_model
 from flows.params import BakeJob
-from flows.runtime import Progress, logger, running
+from flows.runtime import Progress, logger, mark_cancelled, running
 
 
 def run_bake(
@@ -143,7 +143,7 @@ def _checkpoint_due(config: BakeConfig, step: int, total_steps: int) -> bool:
     return step == total_steps or (every is not None and step % every == 0)
 
 
-@flow(name="bake", log_prints=True)
+@flow(name="bake", log_prints=True, on_cancellation=[mark_cancelled("bake")])
 def bake_flow(job: BakeJob) -> dict:
     """Train (or resume) one bake; Prefect shows its progress artifact and loss table."""
     status = run_bake(Store(job.data_url).workspace(job.workspace), job.repo_name, job.bake_name)

@@ -185,9 +185,14 @@ def mark_cancelled(kind: str) -> Callable[..., None]:
     """
 
     def hook(flow: Any, flow_run: Any, state: Any) -> None:
-        from flows.params import TargetJob
+        from flows.params import BakeJob, TargetJob
         from repo_store import Store
 
+        if kind == "bake":
+            job = BakeJob.model_validate(flow_run.parameters["job"])
+            ws = Store(job.data_url).workspace(job.workspace)
+            ws.bake_run(job.repo_name, ws.get_bake(job.repo_name, job.bake_name)).job.request_cancel()
+            return
         job = TargetJob.model_validate(flow_run.parameters["job"])
         Store(job.data_url).workspace(job.workspace).job(job.repo_name, job.target_name, kind).request_cancel()
 

@@ -9,7 +9,7 @@ import pytest
 from flows.bake import run_bake
 from flows.rollout import run_rollout
 from flows.stim import run_stim
-from repo_store import Store
+from repo_store import Cancelled, Store
 from targets import InvalidInput, PromptSpec, RepoSpec, TargetSpec, ValidationFailed
 from targets.bake import BakeConfig, BakeSpec, epoch_order, select_trajectories
 
@@ -145,3 +145,21 @@ def test_epoch_order_is_a_reproducible_permutation_that_keeps_pages_together():
     assert order != epoch_order(selection, epoch=1, seed=5, page_size=10)
     pages = [(d, r // 10) for d, r in order]
     assert len([p for i, p in enumerate(pages) if i == 0 or p != pages[i - 1]]) == 4  # each page visited once
+
+
+def test_a_cancelled_bake_keeps_its_checkpoints_and_resumes_from_them(local_store):
+    ws = baked_workspace(local_store)
+    ws.create_bake("r", BakeSpec(bake_name="b", overrides=BAKE))
+    run = ws.bake_run("r", ws.get_bake("r", "b"))
+
+    def cancel_after_step_three(percent: float) -> None:
+        if percent >= 50.0:  # step 3 of 6
+            run.job.request_cancel()
+
+    with pytest.raises(Cancelled):
+        run_bake(ws, "r", "b", on_progress=cancel_after_step_three)
+    status = run.job.status()
+    assert (status.status, status.error) == ("failed", "cancelled")
+    assert [c.step for c in run.checkpoints()] == [2]  # step 4 was never reached
+    assert run_bake(ws, "r", "b").status == "complete"
+    assert [m["iter"] for m in run.iter_metrics()] == list(range(1, 7))

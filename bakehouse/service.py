@@ -161,8 +161,11 @@ class Service:
 
     def start_bake(self, repo_name: str, bake_name: str) -> tuple[StoredBake, JobStatus, dict[str, Any]]:
         """Start (or resume) a bake; repeating it while it runs or after it completed changes nothing."""
+        from flows.models import parent_model_path
+
         bake = self.ws.get_bake(repo_name, bake_name)
-        self.ws.bake_dataset_lines(repo_name, bake.config)  # the trainer's own check, before queueing
+        self.ws.bake_dataset_lines(repo_name, bake.config)  # the trainer's own checks, before queueing
+        parent_model_path(bake.config.model.parent_model_name or self.ws.get_repo(repo_name).base_model)
         status = self.ws.bake_run(repo_name, bake).job.status()
         if status.status not in ("running", "complete"):
             self.runner.submit(self._bake_ref(repo_name, bake), status)

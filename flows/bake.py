@@ -21,7 +21,7 @@ from repo_store import MAX_PAGE_LIMIT, JobStatus, Store, Workspace
 from repo_store.bakes import BakeRun
 from targets.bake import BakeConfig, epoch_order, select_trajectories
 
-from flows.engines.tiny_model import resolve_model
+from flows.models import parent_model_path
 from flows.params import BakeJob
 from flows.runtime import Progress, logger, mark_cancelled, running
 
@@ -56,7 +56,7 @@ def run_bake(
         steps_per_epoch = math.ceil(len(selection) / batch)
         plan = run.job.create_plan({"total_steps": steps_per_epoch * config.epochs, "trajectories": len(selection),
                                     "parent_model": parent})
-        trainer = Trainer(resolve_model(parent), config)
+        trainer = Trainer(parent_model_path(parent), config)
         latest = run.latest_checkpoint()
         done = 0 if latest is None else trainer.load_checkpoint(
             {name: run.read_checkpoint_file(latest, name) for name in latest.files})

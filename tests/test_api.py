@@ -338,6 +338,10 @@ def test_bake_through_breads_sdk(api):
         while resource.get("t", repo_name="oven").status != "complete":
             assert time.monotonic() < deadline
             time.sleep(0.5)
+    bread.bakes.create("oven", bake_name="ghost", template="b", overrides={"model": {"parent_model_name": "no-such/model"}})
+    with pytest.raises(aibread.BadRequestError, match="parent model 'no-such/model' cannot be found"):
+        bread.bakes.run("ghost", repo_name="oven", poll=False)
+    bread.bakes.delete("ghost", repo_name="oven")
     done = bread.bakes.run("b", repo_name="oven", poll=True)
     assert done.status == "complete", done.error
     assert done.api_model_name == ["alpha/oven/b/4"] and done.progress_percent == 100.0

@@ -163,3 +163,15 @@ def test_a_cancelled_bake_keeps_its_checkpoints_and_resumes_from_them(local_stor
     assert [c.step for c in run.checkpoints()] == [2]  # step 4 was never reached
     assert run_bake(ws, "r", "b").status == "complete"
     assert [m["iter"] for m in run.iter_metrics()] == list(range(1, 7))
+
+
+@pytest.mark.parametrize(("parent", "message"), [
+    ("no-such/model", "cannot be found"),
+    ("default/r/b/10", "baked checkpoint is not supported yet"),
+])
+def test_a_parent_model_that_does_not_exist_is_refused(parent, message):
+    from flows.models import parent_model_path
+
+    with pytest.raises(InvalidInput, match=message):
+        parent_model_path(parent)
+    assert parent_model_path("tiny-random").endswith("tiny-random-v1")

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", required=True)
     parser.add_argument("--target")
     parser.add_argument("--bake")
+    parser.add_argument("--processes", type=int, default=1, help="bake: data-parallel processes (one per GPU)")
     parser.add_argument("--data", default=None)
     args = parser.parse_args(argv)
     apply_defaults()
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     from flows.stim import stim_flow
 
     if args.kind == "bake":
-        flow, job = bake_flow, BakeJob(repo_name=args.repo, bake_name=args.bake, workspace=args.workspace, data_url=args.data)
+        flow, job = bake_flow, BakeJob(repo_name=args.repo, bake_name=args.bake, workspace=args.workspace, data_url=args.data,
+                                          processes=args.processes)
     else:
         flow = {"stim": stim_flow, "rollout": rollout_flow, "target": target_flow}[args.kind]
         job = TargetJob(repo_name=args.repo, target_name=args.target, workspace=args.workspace, data_url=args.data)

@@ -21,6 +21,7 @@ from repo_store import MAX_PAGE_LIMIT, JobStatus, Store, Workspace
 from repo_store.bakes import BakeRun
 from targets.bake import BakeConfig, epoch_order, select_trajectories
 
+from flows.data_parallel import data_parallel, init_group, share_flag, share_int
 from flows.models import parent_model_path
 from flows.params import BakeJob
 from flows.runtime import Progress, logger, mark_cancelled, running
@@ -31,57 +32,98 @@ def run_bake(
     repo_name: str,
     bake_name: str,
     *,
+    processes: int = 1,
     stop_after_step: int | None = None,
     on_progress: Callable[[float], None] | None = None,
 ) -> JobStatus:
     """Run (or resume) a bake; returns its job status when done or when owned elsewhere.
 
-    `stop_after_step` ends the attempt after that step as a crash would (its claim released, the
-    job resumable): tests use it to compare a resumed bake with an uninterrupted one.
+    `processes` > 1 trains data-parallel on this machine (flows.data_parallel), with the same
+    steps as one process. `stop_after_step` ends the attempt after that step as a crash would (its
+    claim released, the job resumable): tests use it to compare a resumed bake with a whole one.
     """
     bake = workspace.get_bake(repo_name, bake_name)
-    config = bake.config
-    lines = workspace.bake_dataset_lines(repo_name, config)
     run = workspace.bake_run(repo_name, bake)
     attempt = run.job.claim(owner="bake")
     if attempt is None:
         return run.job.status()
     progress = Progress(f"bake-{repo_name}-{bake_name}", on_progress)
-    with running(attempt, engines=None):  # opens no engine: a bake only trains
-        from flows.trainer import Trainer
-
-        parent = config.model.parent_model_name or workspace.get_repo(repo_name).base_model
-        selection = select_trajectories(lines, [d.weight for d in config.datasets], config.total_trajectories, config.seed)
-        batch = config.micro_batch_size * config.gradient_accumulation_steps
-        steps_per_epoch = math.ceil(len(selection) / batch)
-        plan = run.job.create_plan({"total_steps": steps_per_epoch * config.epochs, "trajectories": len(selection),
-                                    "parent_model": parent})
-        trainer = Trainer(parent_model_path(parent), config)
+    follower_args = (workspace.store.url, workspace.name, repo_name, bake_name)
+    with running(attempt, engines=None), data_parallel(processes, follow_bake, follower_args) as group:
+        training = _Training.prepare(workspace, repo_name, bake_name, rank=0, world=processes)
+        plan = run.job.create_plan({"total_steps": training.total_steps, "trajectories": len(training.selection),
+                                    "parent_model": training.parent})
         latest = run.latest_checkpoint()
-        done = 0 if latest is None else trainer.load_checkpoint(
-            {name: run.read_checkpoint_file(latest, name) for name in latest.files})
-        if done:
+        done = share_int(latest.step if latest else 0) if processes > 1 else (latest.step if latest else 0)
+        if latest is not None:
+            training.trainer.load_checkpoint({name: run.read_checkpoint_file(latest, name) for name in latest.files})
             logger.info("bake %s/%s resumes after step %d of %d", repo_name, bake_name, done, plan["total_steps"])
         pending: list[dict[str, Any]] = []
-        for step, micro_batches in _batches(workspace, repo_name, config, selection, trainer, done):
+        for step, micro_batches in training.batches(done):
             attempt.raise_if_cancelled()
-            result = trainer.step(micro_batches)
+            group.go_on(True)
+            result = training.trainer.step(micro_batches)
             attempt.touch()
-            if step % config.train_log_iter_interval == 0 or step == plan["total_steps"]:
-                pending.append(_metrics_row(step, step / steps_per_epoch, result, trainer))
-                run.write_live(attempt.gen, {"step": step, "total_steps": plan["total_steps"], "loss": result.loss})
-            progress.update(100.0 * step / plan["total_steps"])
-            if _checkpoint_due(config, step, plan["total_steps"]):
-                run.write_checkpoint(step, trainer.checkpoint_files(step, parent), gen=attempt.gen,
+            if step % bake.config.train_log_iter_interval == 0 or step == training.total_steps:
+                pending.append(_metrics_row(step, step / training.steps_per_epoch, result, training.trainer))
+                run.write_live(attempt.gen, {"step": step, "total_steps": training.total_steps, "loss": result.loss})
+            progress.update(100.0 * step / training.total_steps)
+            if _checkpoint_due(bake.config, step, training.total_steps):
+                run.write_checkpoint(step, training.trainer.checkpoint_files(step, training.parent), gen=attempt.gen,
                                      token=attempt.token, metrics=pending)
                 pending = []
-            if stop_after_step is not None and step >= stop_after_step and step < plan["total_steps"]:
+            if stop_after_step is not None and stop_after_step <= step < training.total_steps:
                 attempt.release()
                 return run.job.status()
         summary = bake_summary(run)
         attempt.complete(0, summary)
         progress.summary(f"bake {repo_name}/{bake_name}", summary)
     return run.job.status()
+
+
+def follow_bake(rank: int, world: int, port: int, data_url: str, workspace_name: str, repo_name: str, bake_name: str) -> None:
+    """A data-parallel follower (rank > 0): the leader's steps on its slice, writing nothing."""
+    init_group(rank, world, port)
+    workspace = Store(data_url).workspace(workspace_name)
+    training = _Training.prepare(workspace, repo_name, bake_name, rank=rank, world=world)
+    done = share_int()
+    if done:
+        run = workspace.bake_run(repo_name, workspace.get_bake(repo_name, bake_name))
+        record = run.checkpoint(done)
+        training.trainer.load_checkpoint({name: run.read_checkpoint_file(record, name) for name in record.files})
+    for _, micro_batches in training.batches(done):
+        if not share_flag():
+            break
+        training.trainer.step(micro_batches)
+    else:
+        share_flag()  # the leader's final "stop"
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+class _Training:
+    """What every rank derives alike from the bake: the trajectories, their order, the trainer."""
+
+    def __init__(self, workspace: Workspace, repo_name: str, config: BakeConfig, parent: str, lines: list[int],
+                 rank: int, world: int):
+        from flows.trainer import Trainer
+
+        self.workspace, self.repo_name, self.config, self.parent = workspace, repo_name, config, parent
+        self.selection = select_trajectories(lines, [d.weight for d in config.datasets], config.total_trajectories, config.seed)
+        self.steps_per_epoch = math.ceil(len(self.selection) / (config.micro_batch_size * config.gradient_accumulation_steps))
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.trainer = Trainer(parent_model_path(parent), config, rank=rank, world=world)
+
+    @classmethod
+    def prepare(cls, workspace: Workspace, repo_name: str, bake_name: str, *, rank: int, world: int) -> _Training:
+        config = workspace.get_bake(repo_name, bake_name).config
+        lines = workspace.bake_dataset_lines(repo_name, config)
+        parent = config.model.parent_model_name or workspace.get_repo(repo_name).base_model
+        return cls(workspace, repo_name, config, parent, lines, rank, world)
+
+    def batches(self, done: int) -> Iterator[tuple[int, list[list]]]:
+        return _batches(self.workspace, self.repo_name, self.config, self.selection, self.trainer, done)
 
 
 def bake_summary(run: BakeRun) -> dict[str, Any]:
@@ -146,5 +188,5 @@ def _checkpoint_due(config: BakeConfig, step: int, total_steps: int) -> bool:
 @flow(name="bake", log_prints=True, on_cancellation=[mark_cancelled("bake")])
 def bake_flow(job: BakeJob) -> dict:
     """Train (or resume) one bake; Prefect shows its progress artifact and loss table."""
-    status = run_bake(Store(job.data_url).workspace(job.workspace), job.repo_name, job.bake_name)
+    status = run_bake(Store(job.data_url).workspace(job.workspace), job.repo_name, job.bake_name, processes=job.processes)
     return {"status": status.status, "error": status.error, "summary": status.summary}

@@ -30,6 +30,7 @@ class BakeJob(BaseModel):
 
     repo_name: str = Field(title="Repository", description="The repository that holds the bake.")
     bake_name: str = Field(title="Bake", description="The bake to train (or resume).")
+    processes: int = Field(1, ge=1, title="Processes", description="Data-parallel processes on the machine (one per GPU).")
     workspace: str = Field("default", title="Workspace", description="The workspace (namespace of repositories).")
     data_url: str | None = Field(
         None,

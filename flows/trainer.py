@@ -45,11 +45,16 @@ class StepResult:
 
 
 class Trainer:
-    def __init__(self, model_path: str, config: BakeConfig):
+    """One process's share of the training. With `world` > 1 (a `torch.distributed` group is up),
+    every process sees every example of a step and computes its slice (`rank::world`); gradients and
+    sums are added over the group, so each step equals the single-process step."""
+
+    def __init__(self, model_path: str, config: BakeConfig, *, rank: int = 0, world: int = 1):
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.config = config
+        self.rank, self.world = rank, world
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         torch.manual_seed(config.seed)  # the adapter's initial weights
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -111,7 +116,7 @@ class Trainer:
         total_kl, agree = 0.0, 0.0
         self.optimizer.zero_grad(set_to_none=True)
         for batch in micro_batches:
-            batch = [e for e in batch if e.response]
+            batch = [e for e in batch[self.rank::self.world] if e.response]
             if not batch:
                 continue
             responses = [e.response for e in batch]
@@ -122,10 +127,26 @@ class Trainer:
             (kl.sum() / tokens).backward()
             total_kl += kl.detach().sum().item()
             agree += top1_agreement(teacher_top_k(teacher, 1)[0], student.detach()).sum().item()
+        if self.world > 1:
+            total_kl, agree = self._sum_over_processes(total_kl, agree)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm=1.0).item() if tokens else 0.0
         self.optimizer.step()
         return StepResult(total_kl / max(tokens, 1), agree / max(tokens, 1), tokens, grad_norm,
                           time.perf_counter() - started)
+
+    def _sum_over_processes(self, *values: float) -> list[float]:
+        """Add every process's gradients (each already divided by the step's global token count)
+        and the given sums; a process with no examples this step adds zeros."""
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.flatten() for g in grads])  # one collective, not one per tensor
+        dist.all_reduce(flat)
+        for p, summed in zip(self.params, flat.split([g.numel() for g in grads]), strict=True):
+            p.grad = summed.view_as(p)
+        sums = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(sums)
+        return sums.tolist()
 
     @property
     def learning_rate(self) -> float:

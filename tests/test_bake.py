@@ -175,3 +175,17 @@ def test_a_parent_model_that_does_not_exist_is_refused(parent, message):
     with pytest.raises(InvalidInput, match=message):
         parent_model_path(parent)
     assert parent_model_path("tiny-random").endswith("tiny-random-v1")
+
+
+def test_two_data_parallel_processes_take_the_same_steps_as_one(local_store):
+    ws = baked_workspace(local_store)
+    config = {**BAKE, "epochs": 1, "micro_batch_size": 3, "gradient_accumulation_steps": 1}  # odd: ranks get 2 and 1
+    ws.create_bake("r", BakeSpec(bake_name="one", overrides=config))
+    ws.create_bake("r", BakeSpec(bake_name="two", overrides={**config, "seed": 42}))
+    assert run_bake(ws, "r", "one").status == "complete"
+    assert run_bake(ws, "r", "two", processes=2).status == "complete"
+    one = list(ws.bake_run("r", ws.get_bake("r", "one")).iter_metrics())
+    two = list(ws.bake_run("r", ws.get_bake("r", "two")).iter_metrics())
+    assert [m["iter"] for m in two] == [m["iter"] for m in one] == [1, 2, 3, 4]
+    assert [m["loss"] for m in two] == pytest.approx([m["loss"] for m in one], abs=1e-4)
+    assert [m["grad_norm"] for m in two] == pytest.approx([m["grad_norm"] for m in one], rel=1e-3)

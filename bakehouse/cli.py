@@ -309,6 +309,27 @@ def bake_status(bake: str, repo: str = RepoOption) -> None:
         typer.echo(json.dumps(client.bakes.get(bake, repo_name=repo), indent=2))
 
 
+@bake_app.command("download")
+def bake_download(
+    bake: str,
+    destination: Path,
+    repo: str = RepoOption,
+    checkpoint: Optional[int] = typer.Option(None, help="The checkpoint's step (default: the latest)."),
+) -> None:
+    """Save a checkpoint's adapter (.tar.gz: adapter_model.safetensors, adapter_config.json) to DESTINATION."""
+    import httpx
+
+    with _server() as client:
+        link = client.bakes.download(bake, repo_name=repo, checkpoint=checkpoint)
+        with httpx.stream("GET", link["url"], timeout=600) as response:
+            if response.status_code != 200:
+                _fail(Exception(f"download refused ({response.status_code}): {response.read().decode(errors='replace')}"))
+            with open(destination, "wb") as handle:
+                for block in response.iter_bytes():
+                    handle.write(block)
+    typer.echo(f"checkpoint {link['checkpoint']} of {bake} saved to {destination}")
+
+
 @bake_app.command("metrics")
 def bake_metrics(bake: str, repo: str = RepoOption) -> None:
     """Print the bake's metrics rows as JSON lines (one per logged step)."""

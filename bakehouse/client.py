@@ -347,6 +347,12 @@ class Bakes(_Resource):
             on_progress(bake)
         return _settle(bake, raise_on_failure)
 
+    def download(self, bake_name: str, *, repo_name: str, checkpoint: int | None = None,
+                 expires_in: int | None = None) -> dict[str, Any]:
+        """An expiring URL of a checkpoint's adapter archive: {url, bake_name, checkpoint, expires_in}."""
+        params = {k: v for k, v in {"checkpoint": checkpoint, "expires_in": expires_in}.items() if v is not None}
+        return self._client.request("GET", f"{self._path(repo_name, bake_name)}/download", params=params)
+
     def cancel(self, bake_name: str, *, repo_name: str) -> dict[str, Any]:
         """Stop the bake; its checkpoints stay and a later `run` resumes from the last one."""
         return self._client.request("POST", f"{self._path(repo_name, bake_name)}/cancel")

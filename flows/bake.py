@@ -75,6 +75,7 @@ def run_bake(
             if stop_after_step is not None and stop_after_step <= step < training.total_steps:
                 attempt.release()
                 return run.job.status()
+        run.write_metrics_file()
         summary = bake_summary(run)
         attempt.complete(0, summary)
         progress.summary(f"bake {repo_name}/{bake_name}", summary)

@@ -6,6 +6,7 @@
     .../checkpoints/<step>-g<gen>-<uid>/<file>      one checkpoint's files (a new folder every write)
     .../checkpoints/<step>.json                     its commit marker, written last
     .../live/<gen>.json                             the running attempt's latest step and loss
+    .../train_log_metrics.jsonl                     every metrics row, written once the bake completes
 
 A checkpoint exists once its marker does: files written by an attempt that died before its marker
 are never read, so nothing half-written becomes a checkpoint. The marker also carries the metrics
@@ -15,6 +16,7 @@ once (rows an attempt logged after its last checkpoint are redone by the next at
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -109,6 +111,12 @@ class BakeRun:
         """Committed metrics rows, in step order (each step once)."""
         for record in self.checkpoints():
             yield from record.metrics
+
+    def write_metrics_file(self) -> str:
+        """`train_log_metrics.jsonl` (Bread's name) from the committed rows; returns its path."""
+        path = self._path("train_log_metrics.jsonl")
+        self.storage.write_bytes(path, "".join(json.dumps(row) + "\n" for row in self.iter_metrics()).encode())
+        return path
 
     def write_live(self, gen: int, live: dict[str, Any]) -> None:
         self.storage.write_json(self._path("live", f"{gen:06d}.json"), live)

@@ -53,6 +53,8 @@ def test_a_bake_lowers_the_kl_and_commits_checkpoints_and_metrics(local_store):
     assert all(m["loss"] >= 0 and 0 <= m["top1_agreement"] <= 1 for m in metrics)
     assert [c.step for c in run.checkpoints()] == [2, 4, 6]
     assert status.summary["final_loss"] == metrics[-1]["loss"]
+    jsonl = local_store.storage.read_bytes(f"{run.folder}/train_log_metrics.jsonl").decode().splitlines()
+    assert [json.loads(line) for line in jsonl] == metrics
     assert run_bake(ws, "r", "b").status == "complete"  # a repeated start returns the finished bake
     assert len(list(run.iter_metrics())) == 6
 

@@ -151,6 +151,13 @@ def test_bake_run_status_and_metrics(server, tmp_path, monkeypatch):
     assert status["model_name"] == ["default/clibake/b/3"]
     rows = [json.loads(line) for line in cli.invoke(app, ["bake", "metrics", "b", "--repo", "clibake"]).output.splitlines()]
     assert [r["iter"] for r in rows] == [1, 2, 3] and rows[-1]["loss"] == status["loss"]["final_loss"]
+    archive = tmp_path / "adapter.tar.gz"
+    result = cli.invoke(app, ["bake", "download", "b", str(archive), "--repo", "clibake"])
+    assert result.exit_code == 0 and "checkpoint 3 of b saved" in result.output, result.output
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        assert "adapter_model.safetensors" in tar.getnames()
 
 
 def test_errors_print_the_server_message_and_exit_non_zero(server, monkeypatch):

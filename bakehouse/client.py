@@ -113,6 +113,24 @@ def _settle(job: dict[str, Any], raise_on_failure: bool) -> dict[str, Any]:
     return job
 
 
+def _poll(first: dict[str, Any], fetch: Callable[[], dict[str, Any]], *, in_progress: tuple[str, ...], what: str,
+          poll_interval: float, timeout: float | None, raise_on_failure: bool,
+          on_progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """Fetch a job's status until it leaves `in_progress`, showing each to `on_progress`."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    job = first
+    while job["status"] in in_progress:
+        if on_progress:
+            on_progress(job)
+        if deadline is not None and time.monotonic() > deadline:
+            raise JobTimeout(f"{what} still {job['status']} after {timeout}s")
+        time.sleep(poll_interval)
+        job = fetch()
+    if on_progress:
+        on_progress(job)
+    return _settle(job, raise_on_failure)
+
+
 def _dataframe(rows: list[dict[str, Any]]):
     import polars as pl
 
@@ -254,18 +272,10 @@ class Job(_Resource):
     def wait(self, target_name: str, *, repo_name: str, job: dict[str, Any] | None = None,
              poll_interval: float | None = None, timeout: float | None = None, raise_on_failure: bool = True,
              on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        job = job or self.get(target_name, repo_name=repo_name)
-        while job["status"] in IN_PROGRESS:
-            if on_progress:
-                on_progress(job)
-            if deadline is not None and time.monotonic() > deadline:
-                raise JobTimeout(f"{self.kind} of {repo_name}/{target_name} still {job['status']} after {timeout}s")
-            time.sleep(poll_interval or self._client.poll_interval)
-            job = self.get(target_name, repo_name=repo_name)
-        if on_progress:
-            on_progress(job)
-        return _settle(job, raise_on_failure)
+        return _poll(job or self.get(target_name, repo_name=repo_name), lambda: self.get(target_name, repo_name=repo_name),
+                     in_progress=IN_PROGRESS, what=f"{self.kind} of {repo_name}/{target_name}",
+                     poll_interval=poll_interval or self._client.poll_interval, timeout=timeout,
+                     raise_on_failure=raise_on_failure, on_progress=on_progress)
 
     def get(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
         return self._client.request("GET", self._path(target_name, repo_name))
@@ -335,17 +345,9 @@ class Bakes(_Resource):
         bake = self._client.request("POST", self._path(repo_name, bake_name))
         if not poll:
             return bake
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while bake["status"] in BAKE_IN_PROGRESS:
-            if on_progress:
-                on_progress(bake)
-            if deadline is not None and time.monotonic() > deadline:
-                raise JobTimeout(f"bake {repo_name}/{bake_name} still {bake['status']} after {timeout}s")
-            time.sleep(poll_interval or self._client.poll_interval)
-            bake = self.get(bake_name, repo_name=repo_name)
-        if on_progress:
-            on_progress(bake)
-        return _settle(bake, raise_on_failure)
+        return _poll(bake, lambda: self.get(bake_name, repo_name=repo_name), in_progress=BAKE_IN_PROGRESS,
+                     what=f"bake {repo_name}/{bake_name}", poll_interval=poll_interval or self._client.poll_interval,
+                     timeout=timeout, raise_on_failure=raise_on_failure, on_progress=on_progress)
 
     def download(self, bake_name: str, *, repo_name: str, checkpoint: int | None = None,
                  expires_in: int | None = None) -> dict[str, Any]:

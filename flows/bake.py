@@ -124,7 +124,21 @@ class _Training:
         return cls(workspace, repo_name, config, parent, lines, rank, world)
 
     def batches(self, done: int) -> Iterator[tuple[int, list[list]]]:
-        return _batches(self.workspace, self.repo_name, self.config, self.selection, self.trainer, done)
+        """(step, micro-batches of examples) for every step after `done`, in the bake's order."""
+        config = self.config
+        per_step = config.micro_batch_size * config.gradient_accumulation_steps
+        pages = _PageReader(self.workspace, self.repo_name, [d.target for d in config.datasets])
+        for epoch in range(config.epochs):
+            if (epoch + 1) * self.steps_per_epoch <= done:
+                continue  # a resumed bake skips whole epochs without reading them
+            order = epoch_order(self.selection, epoch, config.seed, MAX_PAGE_LIMIT)
+            for index in range(self.steps_per_epoch):
+                step = epoch * self.steps_per_epoch + index + 1
+                if step <= done:
+                    continue
+                picked = order[index * per_step:(index + 1) * per_step]
+                examples = [self.trainer.example(pages.row(dataset, row)) for dataset, row in picked]
+                yield step, [examples[i:i + config.micro_batch_size] for i in range(0, len(examples), config.micro_batch_size)]
 
 
 def bake_summary(run: BakeRun) -> dict[str, Any]:
@@ -136,26 +150,6 @@ def bake_summary(run: BakeRun) -> dict[str, Any]:
         "min_loss": min(losses, default=None),
         "max_loss": max(losses, default=None),
     }
-
-
-def _batches(workspace: Workspace, repo_name: str, config: BakeConfig, selection: list[tuple[int, int]],
-             trainer, done: int) -> Iterator[tuple[int, list[list]]]:
-    """(step, micro-batches of examples) for every step after `done`, in the bake's order."""
-    per_step = config.micro_batch_size * config.gradient_accumulation_steps
-    steps_per_epoch = math.ceil(len(selection) / per_step)
-    pages = _PageReader(workspace, repo_name, [d.target for d in config.datasets])
-    for epoch in range(config.epochs):
-        if (epoch + 1) * steps_per_epoch <= done:
-            continue  # a resumed bake skips whole epochs without reading them
-        order = epoch_order(selection, epoch, config.seed, MAX_PAGE_LIMIT)
-        for index in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + index + 1
-            if step <= done:
-                continue
-            picked = order[index * per_step:(index + 1) * per_step]
-            examples = [trainer.example(pages.row(dataset, row)) for dataset, row in picked]
-            micro = [examples[i:i + config.micro_batch_size] for i in range(0, len(examples), config.micro_batch_size)]
-            yield step, micro
 
 
 class _PageReader:

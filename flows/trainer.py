@@ -80,7 +80,9 @@ class Trainer:
             ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
-        response = row["response"]
+        response = row.get("response")
+        if row.get("error") or not response:  # a failed trajectory: nothing to learn from, no tokens
+            return Example([], [], [])
         ids = self.tokenizer(response.get("content") or "", add_special_tokens=False)["input_ids"]
         if row.get("finish_reason", "stop") == "stop" and self.tokenizer.eos_token_id is not None:
             ids = [*ids, self.tokenizer.eos_token_id]  # the model chose to stop: learn that too

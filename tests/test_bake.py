@@ -16,7 +16,7 @@ from targets.bake import BakeConfig, BakeSpec, epoch_order, select_trajectories
 from tests.test_flows import CountingEngines
 
 
-def baked_workspace(store: Store, questions: int = 6, rollout: bool = True):
+def baked_workspace(store: Store, questions: int = 6, rollout: bool = True, failing: frozenset = frozenset()):
     ws = store.workspace()
     ws.create_repo(RepoSpec(repo_name="r", base_model="tiny-random"))
     ws.create_prompt("r", PromptSpec(prompt_name="teacher", messages=[{"role": "system", "content": "Answer like a pirate."}]))
@@ -27,7 +27,7 @@ def baked_workspace(store: Store, questions: int = 6, rollout: bool = True):
     }))
     run_stim(ws, "r", "t", engines=CountingEngines())
     if rollout:
-        run_rollout(ws, "r", "t", engines=CountingEngines())
+        run_rollout(ws, "r", "t", engines=CountingEngines(fail_keys=set(failing)))
     return ws
 
 
@@ -191,3 +191,18 @@ def test_two_data_parallel_processes_take_the_same_steps_as_one(local_store):
     assert [m["iter"] for m in two] == [m["iter"] for m in one] == [1, 2, 3, 4]
     assert [m["loss"] for m in two] == pytest.approx([m["loss"] for m in one], abs=1e-4)
     assert [m["grad_norm"] for m in two] == pytest.approx([m["grad_norm"] for m in one], rel=1e-3)
+
+
+def test_failed_trajectories_are_skipped_not_trained_on(local_store):
+    ws = baked_workspace(local_store, failing=frozenset({1, 2}))  # stimuli 1 and 2: rows with `error`
+    rows = list(ws.job("r", "t", "rollout").iter_rows())
+    assert sum(1 for r in rows if r.get("error")) == 4
+    ws.create_bake("r", BakeSpec(bake_name="b", overrides={**BAKE, "epochs": 1}))
+    assert run_bake(ws, "r", "b").status == "complete"
+    metrics = list(ws.bake_run("r", ws.get_bake("r", "b")).iter_metrics())
+    trained = sum(m["tokens"] for m in metrics)
+    from flows.trainer import Trainer
+    from flows.engines.tiny_model import tiny_model_path
+
+    trainer = Trainer(str(tiny_model_path()), ws.get_bake("r", "b").config)
+    assert trained == sum(len(trainer.example(r).response) for r in rows if not r.get("error")) > 0

@@ -387,6 +387,8 @@ def test_bake_through_our_sdk_with_progress_and_metric_pages(api):
     c.bakes.create("kitchen", bake_name="b", overrides={
         "datasets": [{"target": "t"}], "micro_batch_size": 2, "epochs": 1,
         "model": {"baked_adapter_config": {"r": 4, "lora_alpha": 8}}, "checkpoint": [{"save_every_n_steps": 3}]})
+    with pytest.raises(JobTimeout, match="bake kitchen/b still"):
+        c.bakes.run("b", repo_name="kitchen", timeout=0.01)  # starts it; a later run joins it
     seen = []
     done = c.bakes.run("b", repo_name="kitchen", timeout=300, on_progress=seen.append)
     assert done["status"] == "complete" and seen[-1] == done

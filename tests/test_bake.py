@@ -206,3 +206,39 @@ def test_failed_trajectories_are_skipped_not_trained_on(local_store):
 
     trainer = Trainer(str(tiny_model_path()), ws.get_bake("r", "b").config)
     assert trained == sum(len(trainer.example(r).response) for r in rows if not r.get("error")) > 0
+
+
+def test_a_bake_worker_killed_with_sigkill_resumes_with_no_step_lost_or_twice(tmp_path):
+    """A real worker process (`python -m bakehouse.worker bake`) killed mid-training: the next
+    start resumes from the last checkpoint and the metrics equal an uninterrupted bake's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = Store(str(tmp_path / "data"))
+    ws = baked_workspace(store, questions=20)
+    config = {**BAKE, "micro_batch_size": 1, "gradient_accumulation_steps": 1, "checkpoint": [{"save_every_n_steps": 10}]}
+    ws.create_bake("r", BakeSpec(bake_name="whole", overrides=config))
+    ws.create_bake("r", BakeSpec(bake_name="killed", overrides={**config, "seed": 42}))
+    run = ws.bake_run("r", ws.get_bake("r", "killed"))
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": ""}
+    worker = subprocess.Popen([sys.executable, "-m", "bakehouse.worker", "bake", "--repo", "r", "--bake", "killed",
+                               "--data", store.url], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while (latest := run.latest_checkpoint()) is None or latest.step < 10:
+        assert time.monotonic() < deadline and worker.poll() is None, "the worker never checkpointed"
+        time.sleep(0.02)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert run.job.status().status != "complete", "killed too late to test a resume"
+    resumed_from = run.latest_checkpoint().step
+    seen: list[float] = []
+    assert run_bake(ws, "r", "killed", on_progress=seen.append).status == "complete"
+    assert min(seen) == pytest.approx(100.0 * (resumed_from + 1) / 80)  # no step before the checkpoint redone
+    assert run_bake(ws, "r", "whole").status == "complete"
+    whole = list(ws.bake_run("r", ws.get_bake("r", "whole")).iter_metrics())
+    killed = list(run.iter_metrics())
+    assert [m["iter"] for m in killed] == [m["iter"] for m in whole] == list(range(1, 81))
+    assert [m["loss"] for m in killed] == pytest.approx([m["loss"] for m in whole], abs=1e-6)

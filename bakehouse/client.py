@@ -131,6 +131,25 @@ def _poll(first: dict[str, Any], fetch: Callable[[], dict[str, Any]], *, in_prog
     return _settle(job, raise_on_failure)
 
 
+async def _apoll(first: dict[str, Any], fetch: Callable[[], Any], *, in_progress: tuple[str, ...], what: str,
+                 poll_interval: float, timeout: float | None, raise_on_failure: bool,
+                 on_progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """`_poll` for AsyncClient (`fetch` returns an awaitable)."""
+    job = first
+    try:
+        with anyio.fail_after(timeout):
+            while job["status"] in in_progress:
+                if on_progress:
+                    on_progress(job)
+                await anyio.sleep(poll_interval)
+                job = await fetch()
+    except TimeoutError:
+        raise JobTimeout(f"{what} still {job['status']} after {timeout}s") from None
+    if on_progress:
+        on_progress(job)
+    return _settle(job, raise_on_failure)
+
+
 def _dataframe(rows: list[dict[str, Any]]):
     import polars as pl
 
@@ -314,11 +333,14 @@ class Job(_Resource):
                 yield example
 
 
+def _bake_path(repo_name: str, bake_name: str = "") -> str:
+    return f"/v1/repo/{repo_name}/bakes" + (f"/{bake_name}" if bake_name else "")
+
+
 class Bakes(_Resource):
     """`client.bakes`: define a bake, run it, watch its loss, read its metrics."""
 
-    def _path(self, repo_name: str, bake_name: str = "") -> str:
-        return f"/v1/repo/{repo_name}/bakes" + (f"/{bake_name}" if bake_name else "")
+    _path = staticmethod(_bake_path)
 
     def create(self, repo_name: str, *, bake_name: str, template: str = "default",
                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -391,6 +413,7 @@ class AsyncClient:
         self.repo = AsyncRepos(self)
         self.prompts = AsyncPrompts(self)
         self.targets = AsyncTargets(self)
+        self.bakes = AsyncBakes(self)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         return _json_or_raise(await self._http.request(method, path, **kwargs))
@@ -478,19 +501,11 @@ class AsyncJob(_AsyncResource):
     async def wait(self, target_name: str, *, repo_name: str, job: dict[str, Any] | None = None,
                    poll_interval: float | None = None, timeout: float | None = None, raise_on_failure: bool = True,
                    on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        job = job or await self.get(target_name, repo_name=repo_name)
-        try:
-            with anyio.fail_after(timeout):
-                while job["status"] in IN_PROGRESS:
-                    if on_progress:
-                        on_progress(job)
-                    await anyio.sleep(poll_interval or self._client.poll_interval)
-                    job = await self.get(target_name, repo_name=repo_name)
-        except TimeoutError:
-            raise JobTimeout(f"{self.kind} of {repo_name}/{target_name} still {job['status']} after {timeout}s") from None
-        if on_progress:
-            on_progress(job)
-        return _settle(job, raise_on_failure)
+        return await _apoll(job or await self.get(target_name, repo_name=repo_name),
+                            lambda: self.get(target_name, repo_name=repo_name), in_progress=IN_PROGRESS,
+                            what=f"{self.kind} of {repo_name}/{target_name}",
+                            poll_interval=poll_interval or self._client.poll_interval, timeout=timeout,
+                            raise_on_failure=raise_on_failure, on_progress=on_progress)
 
     async def get(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
         return await self._client.request("GET", _job_path(self.kind, target_name, repo_name))
@@ -523,3 +538,46 @@ class AsyncJob(_AsyncResource):
         async for row in self.iter_output(target_name, repo_name=repo_name):
             if (example := _training_row(row)) is not None:
                 yield example
+
+
+class AsyncBakes(_AsyncResource):
+    """`client.bakes` of an AsyncClient; see `Bakes`."""
+
+    async def create(self, repo_name: str, *, bake_name: str, template: str = "default",
+                     overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"bake_name": bake_name, "template": template, "overrides": overrides}
+        return await self._client.request("POST", _bake_path(repo_name), json=body)
+
+    async def get(self, bake_name: str, *, repo_name: str) -> dict[str, Any]:
+        return await self._client.request("GET", _bake_path(repo_name, bake_name))
+
+    async def list(self, repo_name: str) -> list[str]:
+        return (await self._client.request("GET", _bake_path(repo_name)))["bakes"]
+
+    async def delete(self, bake_name: str, *, repo_name: str) -> dict[str, Any]:
+        return await self._client.request("DELETE", _bake_path(repo_name, bake_name))
+
+    async def run(self, bake_name: str, *, repo_name: str, poll: bool = True, poll_interval: float | None = None,
+                  timeout: float | None = None, raise_on_failure: bool = True,
+                  on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        bake = await self._client.request("POST", _bake_path(repo_name, bake_name))
+        if not poll:
+            return bake
+        return await _apoll(bake, lambda: self.get(bake_name, repo_name=repo_name), in_progress=BAKE_IN_PROGRESS,
+                            what=f"bake {repo_name}/{bake_name}", poll_interval=poll_interval or self._client.poll_interval,
+                            timeout=timeout, raise_on_failure=raise_on_failure, on_progress=on_progress)
+
+    async def cancel(self, bake_name: str, *, repo_name: str) -> dict[str, Any]:
+        return await self._client.request("POST", f"{_bake_path(repo_name, bake_name)}/cancel")
+
+    async def get_metrics(self, bake_name: str, *, repo_name: str, offset: int = 0,
+                          limit: int | None = None) -> list[dict[str, Any]]:
+        params = {"offset": offset, **({"limit": limit} if limit else {})}
+        return await self._client.request("GET", f"{_bake_path(repo_name, bake_name)}/metrics", params=params)
+
+    async def iter_metrics(self, bake_name: str, *, repo_name: str, page_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+        offset = 0
+        while page := await self.get_metrics(bake_name, repo_name=repo_name, offset=offset, limit=page_size):
+            for row in page:
+                yield row
+            offset += len(page)

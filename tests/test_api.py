@@ -18,6 +18,7 @@ import tarfile
 import threading
 import time
 
+import anyio
 import httpx
 import pytest
 import uvicorn
@@ -395,3 +396,13 @@ def test_bake_through_our_sdk_with_progress_and_metric_pages(api):
     assert done["model_name"] == ["alpha/kitchen/b/6", "alpha/kitchen/b/3"]
     assert [m["iter"] for m in c.bakes.iter_metrics("b", repo_name="kitchen", page_size=4)] == list(range(1, 7))
     assert [m["iter"] for m in c.bakes.get_metrics("b", repo_name="kitchen", offset=4, limit=10)] == [5, 6]
+
+    async def through_async_client():
+        async with AsyncClient(base_url=api["url"], api_key=api["keys"]["write"], poll_interval=0.5) as ac:
+            again = await ac.bakes.run("b", repo_name="kitchen", timeout=60)
+            rows = [row async for row in ac.bakes.iter_metrics("b", repo_name="kitchen", page_size=4)]
+            return again, rows, await ac.bakes.list("kitchen")
+
+    again, rows, names = anyio.run(through_async_client)
+    assert again["model_name"] == done["model_name"] and [m["iter"] for m in rows] == list(range(1, 7))
+    assert names == ["b"]

@@ -50,7 +50,7 @@ class DownloadSigner:
     def verify(self, token: str, *, now: float | None = None) -> str:
         """The path a token grants, or LinkRefused."""
         body, _, mac = token.partition(".")
-        if not body or not hmac.compare_digest(mac, self._mac(body)):
+        if not body or not hmac.compare_digest(mac.encode(), self._mac(body).encode()):  # bytes: any text compares
             raise LinkRefused("This download link is not valid")
         try:
             claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))

@@ -2,7 +2,7 @@
 invalid input is rejected.
 
 Runs in-process against the ASGI app with a runner that records job starts instead of spawning
-workers, over a store seeded with a repo, prompts and a target so that valid paths exist.
+workers, over a store seeded with a repo, prompts, a target and a bake so that valid paths exist.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from bakehouse.api import create_app
 from runners import RecordingRunner
 from repo_store import Store
 from targets import PromptSpec, RepoSpec, TargetSpec
+from targets.bake import BakeSpec
 
 
 store = Store(tempfile.mkdtemp(prefix="bakehouse-fuzz-"))
@@ -26,6 +27,7 @@ _ws.create_repo(RepoSpec(repo_name="r", base_model="fake"))
 _ws.create_prompt("r", PromptSpec(prompt_name="p", messages=[]))
 _ws.create_target("r", TargetSpec(target_name="t", overrides={
     "teacher_prompt": "p", "student_prompt": "p", "generators": [{"type": "hardcoded", "questions": ["q?"]}]}))
+_ws.create_bake("r", BakeSpec(bake_name="b", overrides={"datasets": [{"target": "t"}]}))
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(store, RecordingRunner()))
 

@@ -242,3 +242,17 @@ def test_a_bake_worker_killed_with_sigkill_resumes_with_no_step_lost_or_twice(tm
     killed = list(run.iter_metrics())
     assert [m["iter"] for m in killed] == [m["iter"] for m in whole] == list(range(1, 81))
     assert [m["loss"] for m in killed] == pytest.approx([m["loss"] for m in whole], abs=1e-6)
+
+
+def test_checkpoint_files_without_their_marker_are_never_a_checkpoint(local_store):
+    ws = baked_workspace(local_store, questions=2, rollout=False)
+    bake, _ = ws.create_bake("r", BakeSpec(bake_name="b", overrides=BAKE))
+    run = ws.bake_run("r", bake)
+    first = run.write_checkpoint(2, {"adapter.tar.gz": b"two"}, gen=1, token="a", metrics=[{"iter": 1}, {"iter": 2}])
+    # An attempt that died between its files and its marker: the files are there, the marker is not.
+    local_store.storage.write_bytes(f"{run.folder}/checkpoints/00000004-g000001-dead/adapter.tar.gz", b"half")
+    assert run.latest_checkpoint() == first and [c.step for c in run.checkpoints()] == [2]
+    # A second commit of a step keeps the first one's files and metrics (the marker decides).
+    again = run.write_checkpoint(2, {"adapter.tar.gz": b"other"}, gen=2, token="b", metrics=[{"iter": 2}])
+    assert again == first and run.read_checkpoint_file(again, "adapter.tar.gz") == b"two"
+    assert [m["iter"] for m in run.iter_metrics()] == [1, 2]

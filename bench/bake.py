@@ -16,6 +16,13 @@ Measured, each on a fresh model, --warmup steps untimed then --steps timed, batc
              same LoRA, batch and learning rate (the tool a user would otherwise pick).
 Printed: seconds per step (median) and response tokens per second, with the ratios kl_online/sft
 and kl_online/trl_sft, all from this one run. Not a test: machines are noisy, compare ratios.
+
+    python bench/bake.py --rss-sizes 1000,20000
+
+Memory instead: for each size a fresh child process writes a fake rollout of that many trajectories
+and runs a whole bake on the tiny model (one epoch, batch 16), printing its peak RSS (ru_maxrss)
+before and after the bake; the parent prints the peaks and their growth across sizes (aim: flat,
+within 200 MB, since the bake holds one page of rows per dataset).
 """
 
 from __future__ import annotations
@@ -147,6 +154,29 @@ def measure_trl(model_path: str, rows: list[dict], args) -> list[float]:
     return seconds
 
 
+def rss_child(size: int) -> None:
+    import resource
+
+    from flows.bake import run_bake
+    from repo_store import Store
+    from targets.bake import BakeSpec
+
+    with tempfile.TemporaryDirectory(prefix="bench-bake-rss-") as scratch:
+        rows_folder = f"{scratch}/data"
+        rollout_rows(rows_folder, size, max_tokens=16)
+        ws = Store(rows_folder).workspace()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # The rollout lives in repo "bench"; bake it there (its base model is "fake": name the parent).
+        ws.create_bake("bench", BakeSpec(bake_name="b", overrides={
+            "datasets": [{"target": "t"}], "micro_batch_size": 16, "model": {"parent_model_name": "tiny-random"},
+            "checkpoint": [{"save_every_n_steps": 1000}]}))
+        started = time.perf_counter()
+        status = run_bake(ws, "bench", "b")
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"size": size, "status": status.status, "rss_before_mb": round(before), "rss_after_mb": round(after),
+                      "seconds": round(time.perf_counter() - started, 1)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trajectories", type=int, default=96)
@@ -157,7 +187,22 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--rss-sizes", default=None, help="comma-separated trajectory counts: measure memory instead")
+    parser.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_child:
+        return rss_child(args.rss_child)
+    if args.rss_sizes:
+        import subprocess
+
+        peaks = []
+        for size in [int(n) for n in args.rss_sizes.split(",")]:
+            done = subprocess.run([sys.executable, __file__, "--rss-child", str(size)], capture_output=True, text=True, check=True)
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            peaks.append(result["rss_after_mb"])
+            print(json.dumps(result))
+        print(json.dumps({"peak_rss_growth_mb": peaks[-1] - peaks[0]}))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-bake-") as scratch:
         rows = rollout_rows(f"{scratch}/data", args.trajectories, args.max_tokens)
         model_path = args.model or build_model(f"{scratch}/model", args.layers, args.hidden)

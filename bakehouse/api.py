@@ -2,7 +2,7 @@
 
 import json
 import os
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -130,6 +130,9 @@ def create_app(
     UserId = Annotated[str | None, Query(description="Ignored (Bread's master-key override)")]
     Offset = Annotated[int, Query(ge=0, description="Starting line number (0-indexed)")]
     Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT, description="Number of lines to return (max 1000)")]
+    Include = Annotated[Literal["logprobs"] | None, Query(
+        description="bakehouse extension: `logprobs` adds each rollout row's `response_token_ids`, "
+                    "`teacher_top_ids` and `teacher_top_logprobs` (null where not recorded)")]
 
     v1 = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
     EXISTED: dict[int | str, dict[str, Any]] = {200: {"description": "Already existed with identical content"}}
@@ -287,14 +290,15 @@ def create_app(
 
             @v1.get(f"{path}/output", response_model=Output, tags=[kind], name=f"get_{kind}_output")
             def output(repo_name: str, target_name: str, service: Read, offset: Offset = 0, limit: Limit = 100,
-                       user_id: UserId = None):
-                status, config, page = service.read_output(repo_name, target_name, kind, offset, limit)
+                       include: Include = None, user_id: UserId = None):
+                status, config, page = service.read_output(repo_name, target_name, kind, offset, limit,
+                                                           include_tokens=include == "logprobs")
                 body = _job(status, config, kind)
                 body.update(lines=page.lines, offset=offset, limit=limit, has_more=page.has_more)
                 # Rows are stored as JSON text: splice them in rather than decode, validate and re-encode
                 # a thousand nested objects per page.
                 head = json.dumps(body, separators=(",", ":"))[:-1]
-                return Response(f'{head},"output":[{",".join(page.rows_json)}]}}', media_type="application/json")
+                return Response(f'{head},"output":[{",".join(page.rows_json_with_tokens())}]}}', media_type="application/json")
 
         routes()
 

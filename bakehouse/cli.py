@@ -101,6 +101,32 @@ def up(
     run_up(port=port, prefect_port=prefect_port, data_url=data or data_url_from_env(), stimuli_per_shard=stimuli_per_shard)
 
 
+models_app = typer.Typer(help="Reserved model names built locally (no model hub needed).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every reserved name, whether it is built on this machine, and its folder."""
+    from flows.engines.model_cache import list_models
+
+    for model in list_models():
+        typer.echo(f"{model.name}\t{'built' if model.built else 'not built'}\t{model.path}\t{model.description}")
+
+
+@models_app.command("path")
+def models_path(name: str) -> None:
+    """Print the local folder of a reserved model (built first if needed): transformers loads it."""
+    from flows.engines.model_cache import RESERVED, model_path
+
+    if name not in RESERVED:
+        _fail(ValueError(f"unknown model {name!r}; reserved names: {', '.join(RESERVED)}"))
+    try:
+        typer.echo(str(model_path(name)))
+    except FileNotFoundError as error:
+        _fail(error)
+
+
 @keys_app.command("create")
 def keys_create(
     workspace: str = typer.Option("default", help="The workspace (namespace of repos) the key acts in."),

@@ -109,9 +109,9 @@ class Service:
         self.runner.cancel(self._ref(repo_name, target, kind))
         return self.job_status(repo_name, target_name, kind)
 
-    def read_output(self, repo_name: str, target_name: str, kind: str, offset: int, limit: int):
+    def read_output(self, repo_name: str, target_name: str, kind: str, offset: int, limit: int, *, include_tokens: bool = False):
         status, config, job = self._job(repo_name, target_name, kind)
-        return status, config, self.ws.store.read_page(job, offset=offset, limit=limit)
+        return status, config, self.ws.store.read_page(job, offset=offset, limit=limit, include_tokens=include_tokens)
 
     def delete_target(self, repo_name: str, target_name: str) -> None:
         """Storage refuses while a job runs; a job only queued counts too, since its worker may be

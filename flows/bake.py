@@ -114,7 +114,7 @@ class _Training:
         self.selection = select_trajectories(lines, [d.weight for d in config.datasets], config.total_trajectories, config.seed)
         self.steps_per_epoch = math.ceil(len(self.selection) / (config.micro_batch_size * config.gradient_accumulation_steps))
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.trainer = Trainer(parent_model_path(parent), config, rank=rank, world=world)
+        self.trainer = Trainer(parent_model_path(parent), config, parent_model=parent, rank=rank, world=world)
 
     @classmethod
     def prepare(cls, workspace: Workspace, repo_name: str, bake_name: str, *, rank: int, world: int) -> _Training:
@@ -163,7 +163,7 @@ class _PageReader:
         number = index // MAX_PAGE_LIMIT
         if self.pages.get(dataset, (None,))[0] != number:
             page = self.workspace.read_page(self.repo_name, self.targets[dataset], "rollout",
-                                            offset=number * MAX_PAGE_LIMIT, limit=MAX_PAGE_LIMIT)
+                                            offset=number * MAX_PAGE_LIMIT, limit=MAX_PAGE_LIMIT, include_tokens=True)
             self.pages[dataset] = (number, page.rows)
         return self.pages[dataset][1][index % MAX_PAGE_LIMIT]
 

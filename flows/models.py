@@ -6,14 +6,14 @@ import os
 
 from targets import InvalidInput
 
-from flows.engines.tiny_model import TINY_MODEL_ALIAS, resolve_model
+from flows.engines.model_cache import RESERVED, model_path
 
 
 def parent_model_path(name: str) -> str:
     """A local folder transformers loads for `name`: a reserved name's build, a folder, or a hub id
     already in the local Hugging Face cache. InvalidInput saying which when there is none."""
-    if name == TINY_MODEL_ALIAS:
-        return resolve_model(name)
+    if name in RESERVED:
+        return str(model_path(name))
     if os.path.isfile(os.path.join(name, "config.json")):
         return name
     if name.count("/") >= 3:  # <workspace>/<repo>/<bake>/<step>: a baked checkpoint
@@ -24,6 +24,6 @@ def parent_model_path(name: str) -> str:
     if isinstance(cached, str):
         return os.path.dirname(cached)
     raise InvalidInput(
-        f"parent model '{name}' cannot be found: use '{TINY_MODEL_ALIAS}', a local model folder, "
+        f"parent model '{name}' cannot be found: use a reserved name ({', '.join(RESERVED)}), a local model folder, "
         "or a Hugging Face model id already downloaded to this machine's cache"
     )

@@ -184,7 +184,7 @@ def _generate(
     if not wanted:
         return
     if stimuli == 0:  # nothing to sample: one empty chunk completes the job
-        attempt.commit_chunk(0, rows_to_table([], ["stimulus_id", "trajectory_id"]))
+        attempt.commit_chunk(0, rows_to_table([], ["stimulus_id", "trajectory_id"], token_columns=True))
         return
     pending: dict[int, dict[int, tuple[dict[str, Any], ChatResult]]] = {}
     stimulus_rows: dict[int, dict[str, Any]] = {}
@@ -195,8 +195,11 @@ def _generate(
                 continue
             stimulus_rows[stimulus_id] = row
             context = rollout_context(row)
+            # The teacher's top-K is recorded only where the rollout context is the teacher's.
+            top_k = 0 if "trajectory_override_stimulus" in row else config.teacher_top_k
             yield ChatRequest(
-                key=stimulus_id, messages=context["messages"], tools=context.get("tools"), sampling=_sampling(config, stimulus_id)
+                key=stimulus_id, messages=context["messages"], tools=context.get("tools"),
+                sampling=_sampling(config, stimulus_id, top_k),
             )
 
     for result in open_engine().generate(requests()):
@@ -211,7 +214,7 @@ def _generate(
                 # publish a chunk of nothing but errors.
                 raise EngineError(f"every request of chunk {chunk} failed, e.g.: {errors[0]}")
             rows = _trajectory_rows(results, config, counters)
-            attempt.commit_chunk(chunk, rows_to_table(rows, ["stimulus_id", "trajectory_id"]))
+            attempt.commit_chunk(chunk, rows_to_table(rows, ["stimulus_id", "trajectory_id"], token_columns=True))
             committed += 1
             progress.update(100.0 * committed / num_chunks)
             attempt.raise_if_cancelled()
@@ -254,12 +257,13 @@ def _supervise(
         time.sleep(SUPERVISE_SECONDS)
 
 
-def _sampling(config: TargetConfig, stimulus_id: int) -> Sampling:
+def _sampling(config: TargetConfig, stimulus_id: int, top_logprobs: int) -> Sampling:
     return Sampling(
         n=config.num_traj_per_stimulus,
         temperature=config.temperature,
         max_tokens=config.max_tokens or DEFAULT_MAX_TOKENS,
         seed=derive_seed(config.seed, "rollout", stimulus_id),
+        top_logprobs=top_logprobs,
         extra=dict(config.extra_kwargs),
     )
 
@@ -303,6 +307,10 @@ def _trajectory_rows(
                 "response": {"role": "assistant", "content": completion.text, "usage": usage},
                 "finish_reason": completion.finish_reason,
                 "tokens": completion.completion_tokens,
+                # Typed token columns (repo_store.parts.TOKEN_COLUMNS), not part of the JSON row.
+                "response_token_ids": completion.token_ids,
+                "teacher_top_ids": completion.top_ids,
+                "teacher_top_logprobs": completion.top_logprobs,
             })
     return rows
 

@@ -1,10 +1,16 @@
 """The bake trainer: a LoRA adapter (peft) on the parent model, trained with the bake loss.
 
 One trajectory is two token sequences that end in the same response tokens: the teacher context
-(teacher prompt + question) and the student context (student prompt + question). The student is the
-model with the adapter on the student sequence; the teacher is the same frozen model with the
-adapter disabled on the teacher sequence. Only the response positions' hidden states go through the
-output layer, so no `[batch, tokens, vocab]` tensor exists for the prompts.
+(teacher prompt + question) and the student context (student prompt + question). The response is the
+token ids the rollout sampled (`response_token_ids`), never its text tokenised again (that need not
+give the sampled tokens back); only rows recorded without ids fall back to tokenising the text.
+
+The student is the model with the adapter on the student sequence. The teacher is, per row:
+- stored: the top-K the rollout recorded at each response token, when the rollout context was the
+  teacher's and its model is this bake's parent (the same distribution, no teacher forward pass);
+- online: the same frozen model with the adapter disabled on the teacher sequence, otherwise.
+Only the response positions' hidden states go through the output layer, so no
+`[batch, tokens, vocab]` tensor exists for the prompts.
 """
 
 from __future__ import annotations
@@ -23,16 +29,19 @@ import torch
 
 from repo_store.bakes import ADAPTER_ARCHIVE, ADAPTER_FILES, STATE_FILE
 from targets.bake import BakeConfig
-from targets.bake_loss import forward_kl, teacher_top_k, top1_agreement
+from targets.bake_loss import forward_kl, teacher_top_k, top1_agreement, top_k_forward_kl
 
 
 @dataclass(frozen=True)
 class Example:
-    """One trajectory as token ids: both contexts, and the response they share."""
+    """One trajectory as token ids: both contexts, the response they share and, where the rollout's
+    record is this bake's teacher, the teacher's top-K per response token (else None: forward pass)."""
 
     teacher_context: list[int]
     student_context: list[int]
     response: list[int]
+    teacher_top_ids: list[list[int]] | None = None
+    teacher_top_logprobs: list[list[float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -49,11 +58,13 @@ class Trainer:
     every process sees every example of a step and computes its slice (`rank::world`); gradients and
     sums are added over the group, so each step equals the single-process step."""
 
-    def __init__(self, model_path: str, config: BakeConfig, *, rank: int = 0, world: int = 1):
+    def __init__(self, model_path: str, config: BakeConfig, *, parent_model: str | None = None, rank: int = 0, world: int = 1):
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.config = config
+        # Rows rolled out by this model (their `model`) carry a usable stored teacher.
+        self.parent_model = parent_model
         self.rank, self.world = rank, world
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         torch.manual_seed(config.seed)  # the adapter's initial weights
@@ -74,8 +85,8 @@ class Trainer:
     # -- data ----------------------------------------------------------------------------------
 
     def example(self, row: dict[str, Any]) -> Example:
-        """Token ids of one rollout row. The response text is tokenised once, on its own, and the
-        same ids end both sequences, so teacher and student score exactly the same tokens."""
+        """Token ids of one rollout row (read with its token columns); both sequences end in the
+        same response ids, so teacher and student score exactly the same tokens."""
         def context(messages: list[dict[str, Any]]) -> list[int]:
             ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
@@ -83,13 +94,30 @@ class Trainer:
         response = row.get("response")
         if row.get("error") or not response:  # a failed trajectory: nothing to learn from, no tokens
             return Example([], [], [])
-        ids = self.tokenizer(response.get("content") or "", add_special_tokens=False)["input_ids"]
-        if row.get("finish_reason", "stop") == "stop" and self.tokenizer.eos_token_id is not None:
-            ids = [*ids, self.tokenizer.eos_token_id]  # the model chose to stop: learn that too
+        ids = row.get("response_token_ids")
+        if ids is None:  # recorded without ids (an older rollout, a server that returns none)
+            ids = self.tokenizer(response.get("content") or "", add_special_tokens=False)["input_ids"]
+            if row.get("finish_reason", "stop") == "stop" and self.tokenizer.eos_token_id is not None:
+                ids = [*ids, self.tokenizer.eos_token_id]  # the model chose to stop: learn that too
         teacher = context(row["unconditioned_stimulus"]["messages"])
         student = context(row["conditioned_stimulus"]["messages"])
-        room = self.config.max_length - max(len(teacher), len(student))
-        return Example(teacher, student, ids[: max(room, 0)])
+        keep = max(self.config.max_length - max(len(teacher), len(student)), 0)
+        top_ids, top_logprobs = self._stored_teacher(row, ids)
+        return Example(teacher, student, list(ids[:keep]),
+                       top_ids[:keep] if top_ids is not None else None,
+                       top_logprobs[:keep] if top_logprobs is not None else None)
+
+    def _stored_teacher(self, row: dict[str, Any], ids: list[int]) -> tuple[list | None, list | None]:
+        """The rollout's top-K when it is this bake's teacher: recorded under the teacher context
+        (no override) by the parent model, one entry per response token (else a forward pass)."""
+        top_ids, top_logprobs = row.get("teacher_top_ids"), row.get("teacher_top_logprobs")
+        if (not self.config.uses_stored_teacher or not top_ids or row.get("response_token_ids") is None
+                or "trajectory_override_stimulus" in row or row.get("model") != self.parent_model):
+            return None, None
+        if not len(top_ids) == len(top_logprobs) == len(ids):
+            raise ValueError(f"stored teacher top-K of stimulus {row.get('stimulus_id')} trajectory "
+                             f"{row.get('trajectory_id')} does not line up with its {len(ids)} response tokens")
+        return top_ids, top_logprobs
 
     # -- training ------------------------------------------------------------------------------
 
@@ -118,17 +146,35 @@ class Trainer:
         total_kl, agree = 0.0, 0.0
         self.optimizer.zero_grad(set_to_none=True)
         for batch in micro_batches:
-            batch = [e for e in batch[self.rank::self.world] if e.response]
-            if not batch:
+            mine = [e for e in batch[self.rank::self.world] if e.response]
+            # Rows needing a teacher forward pass first, then rows with a stored teacher: one
+            # student forward pass covers both, split at the first stored row's tokens.
+            online = [e for e in mine if e.teacher_top_ids is None]
+            stored = [e for e in mine if e.teacher_top_ids is not None]
+            if not mine:
                 continue
-            responses = [e.response for e in batch]
-            with torch.no_grad(), self.model.disable_adapter():
-                teacher = self.response_logits([e.teacher_context for e in batch], responses)
-            student = self.response_logits([e.student_context for e in batch], responses)
-            kl = forward_kl(teacher, student)
+            student = self.response_logits([e.student_context for e in online + stored], [e.response for e in online + stored])
+            split = sum(len(e.response) for e in online)
+            kls, teacher_top1 = [], []
+            if online:
+                with torch.no_grad(), self.model.disable_adapter():
+                    teacher = self.response_logits([e.teacher_context for e in online], [e.response for e in online])
+                top_ids, top_logprobs = teacher_top_k(teacher, min(self.config.teacher_top_k, teacher.shape[-1]))
+                if self.config.kl == "full":
+                    kls.append(forward_kl(teacher, student[:split]))
+                else:
+                    kls.append(top_k_forward_kl(top_ids, top_logprobs, student[:split]))
+                teacher_top1.append(top_ids[:, 0])
+            if stored:
+                k = min(len(ids) for e in stored for ids in e.teacher_top_ids)
+                top_ids = torch.tensor([ids[:k] for e in stored for ids in e.teacher_top_ids], dtype=torch.long)
+                top_logprobs = torch.tensor([lp[:k] for e in stored for lp in e.teacher_top_logprobs], dtype=torch.float32)
+                kls.append(top_k_forward_kl(top_ids, top_logprobs, student[split:]))
+                teacher_top1.append(top_ids[:, 0])
+            kl = torch.cat(kls)
             (kl.sum() / tokens).backward()
             total_kl += kl.detach().sum().item()
-            agree += top1_agreement(teacher_top_k(teacher, 1)[0], student.detach()).sum().item()
+            agree += top1_agreement(torch.cat(teacher_top1)[:, None], student.detach()).sum().item()
         if self.world > 1:
             total_kl, agree = self._sum_over_processes(total_kl, agree)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm=1.0).item() if tokens else 0.0

@@ -271,6 +271,11 @@ class Job:
     def part_path(self, part: PartInfo) -> str:
         return self._path(part.path)
 
+    def parquet_urls(self) -> list[str]:
+        """Full URLs (`s3://…` or local paths) of the committed parts in output order, for
+        `pl.scan_parquet`, DuckDB or `datasets`: read from the manifest, nothing is listed."""
+        return [self.storage.url_for(self.part_path(part)) for part in self.committed_parts()]
+
     def iter_rows(self) -> Iterator[dict[str, Any]]:
         """Every committed row in output order, one row group in memory at a time."""
         for part in self.committed_parts():

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from repo_store.jobs import Job
-from repo_store.parts import ROW_COLUMN, PartInfo
+from repo_store.parts import ROW_COLUMN, TOKEN_COLUMNS, PartInfo
 
 MAX_PAGE_LIMIT = 1000
 
@@ -29,10 +29,27 @@ class Page:
     limit: int
     lines: int
     has_more: bool
+    # With include_tokens: TOKEN_COLUMNS name -> one value per row (None where a part lacks it).
+    tokens: dict[str, list[Any]] | None = None
 
     @property
     def rows(self) -> list[dict[str, Any]]:
-        return [json.loads(text) for text in self.rows_json]
+        rows = [json.loads(text) for text in self.rows_json]
+        for name, values in (self.tokens or {}).items():
+            for row, value in zip(rows, values, strict=True):
+                row[name] = value
+        return rows
+
+    def rows_json_with_tokens(self) -> list[str]:
+        """Rows as JSON text with the token columns appended to each object (rows stay as stored)."""
+        if not self.tokens:
+            return self.rows_json
+        columns = list(self.tokens.items())
+        out = []
+        for index, text in enumerate(self.rows_json):
+            extra = ",".join(f'"{name}":{json.dumps(values[index], separators=(",", ":"))}' for name, values in columns)
+            out.append(f"{text[:-1]},{extra}}}")
+        return out
 
 
 class FooterCache:
@@ -58,7 +75,7 @@ class FooterCache:
                 self._items.popitem(last=False)
 
 
-def read_page(job: Job, *, offset: int, limit: int, footers: FooterCache) -> Page:
+def read_page(job: Job, *, offset: int, limit: int, footers: FooterCache, include_tokens: bool = False) -> Page:
     if offset < 0:
         raise ValueError("offset must be >= 0")
     if not 1 <= limit <= MAX_PAGE_LIMIT:
@@ -66,20 +83,24 @@ def read_page(job: Job, *, offset: int, limit: int, footers: FooterCache) -> Pag
     parts = job.committed_parts()
     lines = sum(p.rows for p in parts)
     rows: list[str] = []
+    tokens: dict[str, list[Any]] | None = {name: [] for name in TOKEN_COLUMNS} if include_tokens else None
     end = min(offset + limit, lines)
     start_of_part = 0
     for part in parts:
         end_of_part = start_of_part + part.rows
         if end_of_part > offset and start_of_part < end:
-            rows.extend(_read_rows(job, part, offset - start_of_part, end - start_of_part, footers))
+            rows.extend(_read_rows(job, part, offset - start_of_part, end - start_of_part, footers, tokens))
         start_of_part = end_of_part
         if start_of_part >= end:
             break
-    return Page(rows_json=rows, offset=offset, limit=limit, lines=lines, has_more=end < lines)
+    return Page(rows_json=rows, offset=offset, limit=limit, lines=lines, has_more=end < lines, tokens=tokens)
 
 
-def _read_rows(job: Job, part: PartInfo, start: int, stop: int, footers: FooterCache) -> list[str]:
-    """Rows [start, stop) of one part (positions relative to the part, clipped to it)."""
+def _read_rows(
+    job: Job, part: PartInfo, start: int, stop: int, footers: FooterCache, tokens: dict[str, list[Any]] | None
+) -> list[str]:
+    """Rows [start, stop) of one part (positions relative to the part, clipped to it); with `tokens`,
+    their token columns are appended to its lists (None for a part that has none)."""
     start, stop = max(start, 0), min(stop, part.rows)
     groups, first_row, row = [], None, 0
     for index, size in enumerate(part.row_groups):
@@ -97,6 +118,11 @@ def _read_rows(job: Job, part: PartInfo, start: int, stop: int, footers: FooterC
         parquet = pq.ParquetFile(handle, metadata=meta, pre_buffer=True)
         if meta is None:
             footers.put(path, parquet.metadata)
-        table = parquet.read_row_groups(groups, columns=[ROW_COLUMN])
+        present = set(parquet.schema_arrow.names)
+        wanted = [name for name in (tokens or {}) if name in present]
+        table = parquet.read_row_groups(groups, columns=[ROW_COLUMN, *wanted])
     assert first_row is not None
-    return table.column(ROW_COLUMN).slice(start - first_row, stop - start).to_pylist()
+    table = table.slice(start - first_row, stop - start)
+    for name, values in (tokens or {}).items():
+        values.extend(table.column(name).to_pylist() if name in wanted else [None] * table.num_rows)
+    return table.column(ROW_COLUMN).to_pylist()

@@ -3,7 +3,12 @@
 A part has id columns (`stimulus_id`, and `trajectory_id` for rollouts) for people who query the
 Parquet directly, and a `row` column holding the row as Bread sends it, as JSON text. Bread rows are
 free-form chat structures (content may be a string, a list of parts or null; messages carry extra
-keys), which nested Parquet types would force into one rigid schema. The page reader reads only `row`.
+keys), which nested Parquet types would force into one rigid schema. The page reader reads `row`.
+
+Rollout parts also carry the token columns (TOKEN_COLUMNS), typed and outside `row`: the sampled
+response's token ids and, per response token, the teacher's top-K ids and log-probabilities. They are
+not part of Bread's row, they are most of a part's bytes, and the bake reads them as arrays; pages
+include them only when asked. Parts written before them simply lack the columns (read as null).
 """
 
 from __future__ import annotations
@@ -39,8 +44,22 @@ class PartInfo:
         return cls(path=data["path"], rows=data["rows"], bytes=data["bytes"], row_groups=list(data["row_groups"]))
 
 
-def rows_to_table(rows: Sequence[dict[str, Any]], id_columns: Sequence[str]) -> pa.Table:
+# Typed columns beside `row` in rollout parts; a row's values for them never go into its JSON.
+TOKEN_COLUMNS: dict[str, pa.DataType] = {
+    "response_token_ids": pa.list_(pa.int32()),
+    "teacher_top_ids": pa.list_(pa.list_(pa.int32())),
+    "teacher_top_logprobs": pa.list_(pa.list_(pa.float32())),
+}
+
+
+def rows_to_table(rows: Sequence[dict[str, Any]], id_columns: Sequence[str], *, token_columns: bool = False) -> pa.Table:
+    """One chunk's rows as a table: int64 id columns, `row` (JSON text) and, with `token_columns`,
+    the TOKEN_COLUMNS taken out of each row (missing or None: null)."""
     columns: dict[str, Any] = {name: pa.array([r[name] for r in rows], pa.int64()) for name in id_columns}
+    if token_columns:
+        for name, kind in TOKEN_COLUMNS.items():
+            columns[name] = pa.array([r.get(name) for r in rows], kind)
+        rows = [{k: v for k, v in r.items() if k not in TOKEN_COLUMNS} for r in rows]
     columns[ROW_COLUMN] = pa.array(
         [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in rows], pa.large_string()
     )

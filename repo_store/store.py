@@ -110,9 +110,10 @@ class Store:
     def url(self) -> str:
         return self.storage.url
 
-    def read_page(self, job: Job, *, offset: int = 0, limit: int = 100) -> Page:
-        """Rows [offset, offset + limit) of a job's output (parsed footers cached across calls)."""
-        return read_page(job, offset=offset, limit=limit, footers=self.footers)
+    def read_page(self, job: Job, *, offset: int = 0, limit: int = 100, include_tokens: bool = False) -> Page:
+        """Rows [offset, offset + limit) of a job's output (parsed footers cached across calls);
+        `include_tokens`: also the rollout's token columns (repo_store.parts.TOKEN_COLUMNS)."""
+        return read_page(job, offset=offset, limit=limit, footers=self.footers, include_tokens=include_tokens)
 
     def workspace(self, name: str = DEFAULT_WORKSPACE) -> Workspace:
         return Workspace(self, validate_name(name, "workspace"))
@@ -341,6 +342,9 @@ class Workspace:
         """The job of a target already read (saves reading target.json again)."""
         return self.store.job(f"{self._target_folder(repo_name, target.target_name)}/jobs/{target.target_id}", kind)
 
-    def read_page(self, repo_name: str, target_name: str, kind: JobKind, *, offset: int = 0, limit: int = 100) -> Page:
-        return self.store.read_page(self.job(repo_name, target_name, kind), offset=offset, limit=limit)
+    def read_page(
+        self, repo_name: str, target_name: str, kind: JobKind, *, offset: int = 0, limit: int = 100, include_tokens: bool = False
+    ) -> Page:
+        return self.store.read_page(self.job(repo_name, target_name, kind), offset=offset, limit=limit,
+                                    include_tokens=include_tokens)
 

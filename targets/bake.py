@@ -93,6 +93,15 @@ class BakeConfig(_Open):
     eval_interval: int = Field(0, ge=0)
     # The longest trajectory trained on (tokens, context included); longer ones are cut at the end.
     max_length: int = Field(3000, gt=0)
+    # bakehouse extensions: the teacher side of the KL.
+    # teacher "auto": the rollout's stored top-K where it is this bake's teacher (recorded under the
+    # teacher context by the parent model itself), else a forward pass of the parent with the adapter
+    # off; "online": always that forward pass.
+    teacher: Literal["auto", "online"] = "auto"
+    # kl "top_k": over the teacher's K most likely tokens plus one tail bucket (K = the stored K, or
+    # `teacher_top_k` online); "full": the whole vocabulary (needs the online teacher).
+    kl: Literal["top_k", "full"] = "top_k"
+    teacher_top_k: int = Field(20, ge=1)
 
     @model_validator(mode="after")
     def _distinct_datasets(self) -> BakeConfig:
@@ -100,6 +109,10 @@ class BakeConfig(_Open):
         if len(names) != len(set(names)):
             raise ValueError("datasets: each target may appear once")
         return self
+
+    @property
+    def uses_stored_teacher(self) -> bool:
+        return self.teacher == "auto" and self.kl == "top_k"
 
     @property
     def save_every_n_steps(self) -> int | None:

@@ -141,6 +141,9 @@ class TargetConfig(_Strict):
     max_concurrency: int = Field(default=10, ge=1, le=10_000)
     extra_kwargs: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
+    # bakehouse extension: the teacher's K most likely tokens (ids and log-probabilities) are stored
+    # with every rollout token, so a bake needs no teacher forward pass; 0 stores none.
+    teacher_top_k: int = Field(default=20, ge=0, le=20)
 
     @model_validator(mode="before")
     @classmethod

@@ -123,6 +123,12 @@ def test_whole_flow_through_our_sdk(api):
     assert (rollout["status"], rollout["lines"], rollout["total_expected"]) == ("complete", 24, 24)
     rows = list(c.targets.rollout.iter_output("t", repo_name="ours", page_size=5))
     assert [(r["stimulus_id"], r["trajectory_id"]) for r in rows] == [(s, t) for s in range(12) for t in range(2)]
+    with httpx.Client(base_url=api["url"], headers={"Authorization": f"Bearer {api['keys']['write']}"}) as http:
+        page = http.get("/v1/repo/ours/targets/t/rollout/output", params={"limit": 3, "include": "logprobs"}).json()
+        assert [len(r["response_token_ids"]) for r in page["output"]] == [r["response"]["usage"]["completion_tokens"] for r in page["output"]]
+        assert all(len(r["teacher_top_ids"]) == len(r["response_token_ids"]) for r in page["output"])
+        refused = http.get("/v1/repo/ours/targets/t/rollout/output", params={"include": "everything"})
+        assert refused.status_code == 422 and "include" in refused.json()["message"]
     training = list(c.targets.rollout.iter_training_rows("t", repo_name="ours"))
     assert training[0]["student_messages"][-1]["role"] == "assistant"
     assert training[0]["teacher_messages"][0] == {"role": "system", "content": "Be terse."}

@@ -195,7 +195,7 @@ def test_two_data_parallel_processes_take_the_same_steps_as_one(local_store):
 
 def test_failed_trajectories_are_skipped_not_trained_on(local_store):
     ws = baked_workspace(local_store, failing=frozenset({1, 2}))  # stimuli 1 and 2: rows with `error`
-    rows = list(ws.job("r", "t", "rollout").iter_rows())
+    rows = ws.read_page("r", "t", "rollout", offset=0, limit=1000, include_tokens=True).rows
     assert sum(1 for r in rows if r.get("error")) == 4
     ws.create_bake("r", BakeSpec(bake_name="b", overrides={**BAKE, "epochs": 1}))
     assert run_bake(ws, "r", "b").status == "complete"

@@ -142,6 +142,30 @@ def test_rollout_rows_have_bread_shape_and_are_reproducible(store):
     assert len({r["response"]["content"] for r in rows[:3]}) > 1  # n distinct samples of one stimulus
 
 
+def test_rollout_parts_carry_typed_token_columns_outside_breads_row(store):
+    ws = store.workspace()
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(6)}], num_traj_per_stimulus=2, max_tokens=8,
+                 teacher_top_k=3)
+    run_stim(ws, "r", "t", engines=CountingEngines())
+    run_rollout(ws, "r", "t", engines=CountingEngines(fail_keys={4}), chunk_size=4)
+    plain = ws.read_page("r", "t", "rollout", offset=0, limit=100)
+    assert not any("response_token_ids" in row for row in plain.rows)  # Bread's row, unchanged
+    rows = ws.read_page("r", "t", "rollout", offset=0, limit=100, include_tokens=True).rows
+    for row in rows:
+        if row.get("error"):
+            assert row["response_token_ids"] is None and row["teacher_top_ids"] is None
+            continue
+        ids, top_ids, top_logprobs = row["response_token_ids"], row["teacher_top_ids"], row["teacher_top_logprobs"]
+        assert len(ids) == row["response"]["usage"]["completion_tokens"] == len(top_ids) == len(top_logprobs)
+        assert all(len(t) == 3 for t in top_ids) and [t[0] for t in top_ids] == ids
+        assert all(v == sorted(v, reverse=True) and max(v) <= 0 for v in top_logprobs)
+    job = ws.job("r", "t", "rollout")
+    frame = pl.scan_parquet(job.parquet_urls()).collect()
+    assert frame.height == 12
+    assert frame.schema["response_token_ids"] == pl.List(pl.Int32)
+    assert frame.schema["teacher_top_logprobs"] == pl.List(pl.List(pl.Float32))
+
+
 def test_failed_trajectories_are_rows_with_errors(store):
     ws = store.workspace()
     setup_target(ws, [{"type": "hardcoded", "questions": questions(4)}], num_traj_per_stimulus=2)

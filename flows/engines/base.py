@@ -24,6 +24,9 @@ class Sampling:
     temperature: float = 1.0
     max_tokens: int = 256
     seed: int | None = None
+    # K > 0: return, for every sampled token, the model's K most likely tokens and their
+    # log-probabilities under the request's context, before temperature (what a bake's KL needs).
+    top_logprobs: int = 0
     # Validated, engine-neutral extras: top_p, top_k, min_p, stop, presence_penalty,
     # frequency_penalty, repetition_penalty.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -42,6 +45,13 @@ class Completion:
     text: str
     finish_reason: str | None
     completion_tokens: int
+    # The sampled token ids, where the engine knows them (None: it does not, e.g. an OpenAI server
+    # that returns no ids). A bake trains on these, never on the text tokenised again.
+    token_ids: list[int] | None = None
+    # With Sampling.top_logprobs = K: one list per sampled token, most likely first; None otherwise
+    # or where the engine could not say which token ids they are.
+    top_ids: list[list[int]] | None = None
+    top_logprobs: list[list[float]] | None = None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Iterable, Iterator
 
@@ -21,7 +22,9 @@ class FakeEngine:
     With temperature 0 the seed and the index are ignored (greedy: all n completions agree).
     Each completion has 1..max_tokens words, one word per "token"; finish_reason is "length" when
     it used all max_tokens, else "stop". Keys in `fail_keys` yield an error result; `delay`
-    seconds are slept per request (to test progress reporting).
+    seconds are slept per request (to test progress reporting). A word's token id is its index in
+    the word list; with `top_logprobs` = K the sampled word ranks first, then the next K - 1 words of
+    the list, with probabilities 1/2, 1/4, ... (a proper distribution's head, most likely first).
     """
 
     def __init__(
@@ -41,14 +44,18 @@ class FakeEngine:
         salt = "greedy" if s.temperature == 0 else f"{s.seed}/{index}"
         digest = hashlib.sha256(f"{prompt}|{salt}".encode()).digest()
         length = 1 + int.from_bytes(digest[:4], "big") % max(1, s.max_tokens)
-        words = []
+        ids = []
         for i in range(length):
             block = hashlib.sha256(digest + i.to_bytes(4, "big")).digest()
-            words.append(_WORDS[block[0] % len(_WORDS)])
+            ids.append(block[0] % len(_WORDS))
+        k = s.top_logprobs
         return Completion(
-            text=" ".join(words),
+            text=" ".join(_WORDS[i] for i in ids),
             finish_reason="length" if length >= s.max_tokens else "stop",
             completion_tokens=length,
+            token_ids=ids,
+            top_ids=[[(i + r) % len(_WORDS) for r in range(k)] for i in ids] if k else None,
+            top_logprobs=[[-math.log(2) * (r + 1) for r in range(k)] for _ in ids] if k else None,
         )
 
     def generate(self, requests: Iterable[ChatRequest]) -> Iterator[ChatResult]:

@@ -12,6 +12,12 @@ Token counts: the API reports usage per request, not per choice. With n == 1 a c
 `return_token_ids`) or per-token logprobs,
 otherwise `usage.completion_tokens` is split across the choices in proportion to their text length
 (the total is exact).
+
+Token ids and top-K log-probabilities (Sampling.top_logprobs = K): the request asks for
+`logprobs: true, top_logprobs: K`, and for vLLM's extensions `return_token_ids` (the sampled ids)
+and `return_tokens_as_token_ids` (tokens spelled "token_id:123", so the top-K are ids, not text).
+A server whose 4xx names one of those extensions is asked again without them (once per engine);
+its completions then carry no ids (`token_ids`/`top_ids` None) and a bake recomputes them.
 """
 
 from __future__ import annotations
@@ -30,12 +36,18 @@ from .base import ChatRequest, ChatResult, Completion
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504}) | frozenset(range(520, 530))
 MAX_BACKOFF_SECONDS = 60.0
+# vLLM's request extensions for token ids; a server whose 4xx names one of them is asked without.
+VLLM_EXTENSIONS = ("return_token_ids", "return_tokens_as_token_ids")
 
 
 class _Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class _Refused(RuntimeError):
+    """A 4xx that retrying will not change (bad request, prompt too long)."""
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -68,6 +80,27 @@ def _split(total: int, weights: list[int]) -> list[int]:
     return counts
 
 
+def _token_id(token: str) -> int | None:
+    """The id in vLLM's "token_id:123" spelling (return_tokens_as_token_ids), else None."""
+    prefix, _, number = token.partition(":")
+    return int(number) if prefix == "token_id" and number.isdigit() else None
+
+
+def _top_logprobs(per_token: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Top-K ids and log-probabilities per sampled token; {} unless every token's ids are known."""
+    if not per_token:
+        return {}
+    top_ids, top_logprobs = [], []
+    for position in per_token:
+        candidates = position.get("top_logprobs") or []
+        ids = [_token_id(c.get("token", "")) for c in candidates]
+        if any(i is None for i in ids):
+            return {}
+        top_ids.append(ids)
+        top_logprobs.append([float(c["logprob"]) for c in candidates])
+    return {"top_ids": top_ids, "top_logprobs": top_logprobs}
+
+
 class OpenAIEngine:
     def __init__(
         self,
@@ -96,6 +129,7 @@ class OpenAIEngine:
             ),
         )
         self._closing = threading.Event()
+        self._vllm_extensions = True  # cleared when the server refuses them
 
     # -- one request ------------------------------------------------------------------------
 
@@ -112,6 +146,10 @@ class OpenAIEngine:
             body["seed"] = s.seed
         if request.tools:
             body["tools"] = request.tools
+        if s.top_logprobs:
+            body.update(logprobs=True, top_logprobs=s.top_logprobs)
+        if self._vllm_extensions:
+            body.update(dict.fromkeys(VLLM_EXTENSIONS, True))
         body.update({k: v for k, v in s.extra.items() if v is not None})
         return body
 
@@ -125,7 +163,7 @@ class OpenAIEngine:
                 f"HTTP {response.status_code}: {response.text[:500]}", _retry_after(response)
             )
         if response.status_code >= 400:
-            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:1000]}")
+            raise _Refused(f"HTTP {response.status_code}: {response.text[:1000]}")
         return response.json()
 
     def _call(self, request: ChatRequest) -> ChatResult:
@@ -134,6 +172,11 @@ class OpenAIEngine:
         while True:
             try:
                 return self._parse(request, self._post_once(body))
+            except _Refused as e:
+                if not (self._vllm_extensions and any(name in str(e) for name in VLLM_EXTENSIONS)):
+                    return ChatResult(request.key, [], error=str(e))
+                self._vllm_extensions = False  # not vLLM: ask as plain OpenAI from now on
+                body = self._body(request)
             except _Retryable as e:
                 if attempt >= self.max_retries or self._closing.is_set():
                     return ChatResult(
@@ -176,8 +219,9 @@ class OpenAIEngine:
         return ChatResult(
             request.key,
             [
-                Completion(text=t, finish_reason=c.get("finish_reason"), completion_tokens=k)
-                for t, c, k in zip(texts, choices, counts)
+                Completion(text=t, finish_reason=c.get("finish_reason"), completion_tokens=k,
+                           token_ids=ids if isinstance(ids, list) else None, **_top_logprobs(p))
+                for t, c, k, ids, p in zip(texts, choices, counts, token_ids, per_token)
             ],
             prompt_tokens,
         )

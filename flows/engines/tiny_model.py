@@ -2,7 +2,7 @@
 
 `tiny_model_path()` builds it once per machine under
 `${BAKEHOUSE_MODEL_CACHE:-~/.cache/bakehouse/models}/tiny-random-v1` and returns that directory.
-The reserved model name "tiny-random" resolves to it (see `resolve_model`).
+The reserved model name "tiny-random" resolves to it (model_cache.py).
 
 What is built (≈ 4 MB, about a second):
 - a byte-level BPE tokenizer trained with `tokenizers` on a generated corpus, vocab 2048, special
@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import tempfile
-import threading
 from pathlib import Path
 
 TINY_MODEL_ALIAS = "tiny-random"
@@ -34,9 +31,6 @@ SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>"]
 # The chat turn ends with <|im_end|>: that is the tokenizer's eos (as in Qwen2 chat models);
 # generation also stops on <|eos|>.
 PAD, BOS, EOS_TEXT, IM_START, IM_END = SPECIAL_TOKENS
-# One build at a time per process (torch's RNG state is process-wide) (processes race safely on
-# the final rename in tiny_model_path).
-_BUILD_LOCK = threading.Lock()
 
 CHAT_TEMPLATE = (
     "{%- if tools -%}"
@@ -133,8 +127,7 @@ def build_tiny_model(directory: str | os.PathLike) -> Path:
     """Build the tiny model (tokenizer, config, generation config, weights) into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with _BUILD_LOCK:
-        _build_into(directory)
+    _build_into(directory)
     return directory
 
 
@@ -176,32 +169,8 @@ def _build_into(directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def _cache_root() -> Path:
-    root = os.environ.get("BAKEHOUSE_MODEL_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "bakehouse" / "models"
-
-
 def tiny_model_path() -> Path:
     """Directory of the cached tiny model, built on first use (safe with concurrent processes)."""
-    root = _cache_root()
-    final = root / TINY_MODEL_NAME
-    if (final / "config.json").is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_MODEL_NAME}.", dir=root))
-    try:
-        tmp.chmod(0o755)
-        build_tiny_model(tmp)
-        try:
-            os.rename(tmp, final)  # atomic; fails if another process won the race
-        except OSError:
-            if not (final / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    from .model_cache import build_once
 
-
-def resolve_model(model: str) -> str:
-    """Map the reserved name "tiny-random" to the cached build; other names pass through."""
-    return str(tiny_model_path()) if model == TINY_MODEL_ALIAS else model
+    return build_once(TINY_MODEL_NAME, build_tiny_model)

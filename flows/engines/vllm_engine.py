@@ -11,7 +11,8 @@ CPU settings (see the project's stack notes, section 2), applied when torch sees
 - `enable_chunked_prefill=False`: with per-request seeds and chunked prefill, a batch larger than the
   token budget crashes with "CPU Generator does not use offset";
 - a KV cache of `kv_cache_bytes`, else `$BAKEHOUSE_KV_CACHE_MB` MiB, else `$VLLM_CPU_KVCACHE_SPACE`
-  GiB if set, else 64 MiB (vLLM's default would reserve ~90 % of RAM);
+  GiB if set, else 256 MiB (vLLM's default would reserve ~90 % of RAM), and a context of at most
+  4,096 tokens unless `max_model_len` says otherwise (smollm2-135m's 8,192 would need 0.35 GiB);
 - `dtype="float32"` (bf16 is 3-5x slower on these CPUs) and `enforce_eager=True` (no torch.compile
   warm-up of 40-80 s);
 - glibc's `malloc_trim(0)` once a second (`trim_every`) while generating: vLLM's CPU tensors churn
@@ -37,9 +38,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .base import ChatRequest, ChatResult, Completion, EngineError
-from .tiny_model import resolve_model
+from .model_cache import resolve_model
 
-DEFAULT_CPU_KV_CACHE_BYTES = 64 * 2**20
+DEFAULT_CPU_KV_CACHE_BYTES = 256 * 2**20
+# On CPU a model's full context (8,192 for smollm2-135m) needs more KV cache than the default holds;
+# chats here are short, so the CPU default caps the context instead.
+DEFAULT_CPU_MAX_MODEL_LEN = 4096
 DEFAULT_CPU_TRIM_SECONDS = 1.0
 SAMPLING_EXTRAS = frozenset(
     {
@@ -73,6 +77,34 @@ def _cpu_only() -> bool:
     import torch
 
     return not torch.cuda.is_available()
+
+
+def _max_positions(path: str) -> int:
+    """The model's own context length where its config is a local file (0 when unknown)."""
+    import json
+
+    try:
+        with open(os.path.join(path, "config.json")) as config:
+            return int(json.load(config).get("max_position_embeddings") or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _top_logprobs(logprobs: Any) -> dict[str, Any]:
+    """Top-K ids and log-probabilities per sampled token from vLLM's FlatLogprobs.
+
+    At each position vLLM stores the sampled token first (with its own rank), then ranks 1..K in
+    order; the sampled token is dropped here (it is in the top K or, if not, not part of it).
+    """
+    if logprobs is None:
+        return {}
+    ids, values = logprobs.token_ids, logprobs.logprobs
+    spans = zip(logprobs.start_indices, logprobs.end_indices, strict=True)
+    positions = [(start + 1, end) for start, end in spans]
+    return {
+        "top_ids": [ids[start:end] for start, end in positions],
+        "top_logprobs": [values[start:end] for start, end in positions],
+    }
 
 
 class VllmEngine:
@@ -115,6 +147,8 @@ class VllmEngine:
         if kv_cache_bytes is None and os.environ.get("BAKEHOUSE_KV_CACHE_MB"):
             kv_cache_bytes = int(float(os.environ["BAKEHOUSE_KV_CACHE_MB"]) * 2**20)
         if _cpu_only():
+            if max_model_len is None and _max_positions(path) > DEFAULT_CPU_MAX_MODEL_LEN:
+                kwargs["max_model_len"] = DEFAULT_CPU_MAX_MODEL_LEN
             if trim_every is None:
                 self.trim_every = DEFAULT_CPU_TRIM_SECONDS
             kwargs["enable_chunked_prefill"] = False
@@ -145,6 +179,10 @@ class VllmEngine:
         if unknown:
             raise ValueError(f"unsupported sampling options: {sorted(unknown)}")
         extras = {k: v for k, v in s.extra.items() if v is not None}
+        if s.top_logprobs:
+            # Flat logprobs: a few flat lists per request instead of a dict of Logprob objects per
+            # token (the known cost of logprobs in vLLM's output processing).
+            extras.update(logprobs=s.top_logprobs, flat_logprobs=True)
         return self._SamplingParams(
             n=s.n,
             temperature=s.temperature,
@@ -172,6 +210,8 @@ class VllmEngine:
                 text=c.text,
                 finish_reason=c.finish_reason,
                 completion_tokens=len(c.token_ids),
+                token_ids=list(c.token_ids),
+                **_top_logprobs(c.logprobs),
             )
             for c in sorted(output.outputs, key=lambda c: c.index)
         ]

@@ -18,7 +18,8 @@ class Stub:
     """An OpenAI-style /v1/chat/completions whose behaviour is chosen by the user message:
 
     "ok", "slow" (0.2 s), "429-once" (Retry-After: 0), "429-wait" (Retry-After: 1, once),
-    "503" (always), "400" (always).
+    "503" (always), "400" (always), "plain" (a server without vLLM's token-id extensions: 400 naming
+    them, else top-K logprobs with tokens as text).
     """
 
     def __init__(self):
@@ -53,6 +54,15 @@ class Stub:
                         return self.reply(503, {"error": "overloaded"})
                     if mode == "400":
                         return self.reply(400, {"error": "prompt too long"})
+                    if mode == "plain":
+                        if "return_token_ids" in body:
+                            return self.reply(400, {"error": "Unrecognized request argument supplied: return_token_ids"})
+                        top = [{"token": "a", "logprob": -0.1}, {"token": "b", "logprob": -2.5}]
+                        return self.reply(200, {
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": "a"}, "finish_reason": "stop",
+                                         "logprobs": {"content": [{"token": "a", "logprob": -0.1, "top_logprobs": top}]}}],
+                            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+                        })  # fmt: skip
                     n = body.get("n", 1)
                     texts = ["abc", "abcdefg", "abcdefghijk"][:n]
                     return self.reply(200, {
@@ -147,12 +157,34 @@ def test_request_body_and_choice_parsing(stub):
     engine.close()
     (body,) = stub.bodies
     assert body == {"model": "my-model", "messages": request.messages, "n": 3, "temperature": 0.5,
-                    "max_tokens": 9, "seed": 42, "tools": tools, "top_k": 5, "stop": ["x"]}  # fmt: skip
+                    "max_tokens": 9, "seed": 42, "tools": tools, "top_k": 5, "stop": ["x"],
+                    "return_token_ids": True, "return_tokens_as_token_ids": True}  # fmt: skip
     assert [c.text for c in result.completions] == ["abc", "abcdefg", "abcdefghijk"]
     assert result.prompt_tokens == 5
     counts = [c.completion_tokens for c in result.completions]
     assert sum(counts) == 10 and counts == sorted(counts)  # split by text length
     assert [c.finish_reason for c in result.completions] == ["stop"] * 3
+
+
+def test_a_server_without_vllm_extensions_is_asked_again_without_them(stub):
+    engine = OpenAIEngine("m", base_url=stub.url, max_retries=0)
+    sampling = Sampling(max_tokens=1, top_logprobs=2)
+    first, second = (next(iter(engine.generate([ChatRequest(i, [{"role": "user", "content": "plain"}], sampling)])))
+                     for i in range(2))
+    engine.close()
+    assert first.error is None and second.error is None
+    assert stub.calls["plain"] == 3  # refused once, then plain requests only
+    assert stub.bodies[-1]["logprobs"] is True and stub.bodies[-1]["top_logprobs"] == 2
+    (completion,) = second.completions
+    # Tokens came back as text: the ids are unknown, so none are claimed.
+    assert completion.token_ids is None and completion.top_ids is None
+
+
+def test_a_plain_400_does_not_drop_the_extensions(stub):
+    engine = OpenAIEngine("m", base_url=stub.url, max_retries=0)
+    (result,) = engine.generate([req(1, "400")])
+    engine.close()
+    assert result.error and stub.calls["400"] == 1 and engine._vllm_extensions
 
 
 def test_concurrency_is_bounded_and_input_lazy(stub):
@@ -197,6 +229,27 @@ def test_against_vllm_server(vllm_server):
         assert sum(c.completion_tokens for c in r.completions) <= 16
         assert all(c.finish_reason in {"stop", "length"} for c in r.completions)
         assert [c.text for c in r.completions] == [c.text for c in second[i].completions]
+
+
+@pytest.mark.vllm
+def test_top_logprobs_from_a_vllm_server_match_the_in_process_engine(vllm_server, vllm_engine):
+    """Both engines give the sampled ids and the same top-K (ids and log-probabilities) for a
+    greedy request."""
+    request = ChatRequest(0, [{"role": "system", "content": "Bake."}, {"role": "user", "content": "Question"}],
+                          Sampling(n=1, temperature=0.0, max_tokens=6, seed=3, top_logprobs=5))
+    served = OpenAIEngine("tiny-random", base_url=vllm_server)
+    (http_result,) = served.generate([request])
+    served.close()
+    (local_result,) = vllm_engine.generate([request])
+    remote, local = http_result.completions[0], local_result.completions[0]
+    assert remote.token_ids == local.token_ids and len(remote.token_ids) == remote.completion_tokens
+    assert remote.top_ids == local.top_ids
+    assert len(remote.top_ids) == len(remote.token_ids) and all(len(ids) == 5 for ids in remote.top_ids)
+    for a, b in zip(remote.top_logprobs, local.top_logprobs):
+        assert a == pytest.approx(b, abs=1e-4)
+        assert a == sorted(a, reverse=True) and all(v <= 0 for v in a)
+    # Greedy: the sampled token is the most likely one.
+    assert [ids[0] for ids in local.top_ids] == local.token_ids
 
 
 def test_slow_responses_time_out_per_request_as_configured(stub, monkeypatch):

@@ -4,7 +4,8 @@ import json
 import threading
 
 from flows.engines import tiny_model
-from flows.engines.tiny_model import build_tiny_model, resolve_model, tiny_model_path
+from flows.engines.model_cache import resolve_model
+from flows.engines.tiny_model import build_tiny_model, tiny_model_path
 
 
 def _files(directory):

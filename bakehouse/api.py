@@ -288,6 +288,13 @@ def create_app(
             def get(repo_name: str, target_name: str, service: Read, user_id: UserId = None):
                 return _job(*service.job_status(repo_name, target_name, kind), kind)
 
+            @v1.get(f"{path}/parquet", response_model=s.ParquetParts, tags=[kind], name=f"get_{kind}_parquet",
+                    description=f"bakehouse extension: the storage URLs of the {kind} job's Parquet parts (the "
+                                "committed ones, in output order), for readers with access to the storage itself.")
+            def parquet(repo_name: str, target_name: str, service: Read, user_id: UserId = None):
+                status, urls = service.parquet_urls(repo_name, target_name, kind)
+                return s.ParquetParts(status=status.status, lines=status.lines, urls=urls)
+
             @v1.get(f"{path}/output", response_model=Output, tags=[kind], name=f"get_{kind}_output")
             def output(repo_name: str, target_name: str, service: Read, offset: Offset = 0, limit: Limit = 100,
                        include: Include = None, user_id: UserId = None):

@@ -325,6 +325,20 @@ class Job(_Resource):
         """All rows as a polars DataFrame (nested columns as structs)."""
         return _dataframe(list(self.iter_output(target_name, repo_name=repo_name, allow_partial=allow_partial)))
 
+    def parquet_urls(self, target_name: str, *, repo_name: str, allow_partial: bool = False) -> list[str]:
+        """The storage URLs of the job's Parquet parts (local paths or s3://…), for readers that can
+        reach the storage themselves. Raises JobNotComplete unless complete or `allow_partial`."""
+        parts = self._client.request("GET", f"{self._path(target_name, repo_name)}/parquet")
+        _check_first_page(parts, f"{self.kind} of {repo_name}/{target_name}", allow_partial)
+        return parts["urls"]
+
+    def scan_parquet(self, target_name: str, *, repo_name: str, allow_partial: bool = False, **options: Any):
+        """A polars LazyFrame over the job's parts, read straight from storage with typed columns
+        (`options` go to `pl.scan_parquet`, e.g. `storage_options` for S3)."""
+        import polars as pl
+
+        return pl.scan_parquet(self.parquet_urls(target_name, repo_name=repo_name, allow_partial=allow_partial), **options)
+
     def iter_training_rows(self, target_name: str, *, repo_name: str) -> Iterator[dict[str, Any]]:
         """Rollout rows as bake training examples: teacher and student chats ending in the response.
         Failed trajectories are skipped."""

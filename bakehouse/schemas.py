@@ -154,6 +154,14 @@ class RolloutOutputResponse(RolloutResponse):
     has_more: bool
 
 
+class ParquetParts(BaseModel):
+    """bakehouse extension: where a job's committed Parquet parts are, for direct readers."""
+
+    status: str
+    lines: int
+    urls: list[str]  # local paths or s3://… in output order; complete only when status is "complete"
+
+
 class BakeResponse(JobResponse):
     bake_name: str | None = None
     model_name: list[str] | None = Field(None, description="Checkpoints as model names, index 0 the latest (when complete)")

@@ -113,6 +113,10 @@ class Service:
         status, config, job = self._job(repo_name, target_name, kind)
         return status, config, self.ws.store.read_page(job, offset=offset, limit=limit, include_tokens=include_tokens)
 
+    def parquet_urls(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, list[str]]:
+        status, _, job = self._job(repo_name, target_name, kind)
+        return status, job.parquet_urls()
+
     def delete_target(self, repo_name: str, target_name: str) -> None:
         """Storage refuses while a job runs; a job only queued counts too, since its worker may be
         about to claim it inside the target's folder."""

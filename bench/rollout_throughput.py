@@ -11,6 +11,8 @@ per-stimulus seeds (the rollout's `derive_seed(target seed, "rollout", stimulus 
   full       `flows.rollout.run_rollout` on a fresh target in a temp local Store (stim written by
              `flows.stim.run_stim` beforehand, untimed): chat rendering, streaming, Parquet chunks,
              commits, manifest;
+  full-k0    the same rollout with `teacher_top_k: 0`: no teacher top-K stored (full stores 20,
+             the default), to price the log-probabilities;
   duplicate  the common alternative: stimuli x n requests with n=1 through `LLM.chat`, seeded
              `seed + j` so they sample exactly what n=n samples.
 Each is measured --repeats times (order rotated); the median wall seconds and trajectories/s are
@@ -95,9 +97,15 @@ def open_tiny_engine():
     return VllmEngine(MODEL)  # the engine's defaults: what run_rollout would load
 
 
-def make_rollout_target(store: Store, name: str, stimuli: int, n: int, max_tokens: int) -> None:
+def make_rollout_target(store: Store, name: str, stimuli: int, n: int, max_tokens: int, top_k: int = 20) -> None:
     make_target(store.workspace(), REPO, name, model=MODEL, system=SYSTEM, num_traj_per_stimulus=n, temperature=1.0,
-                max_tokens=max_tokens, seed=TARGET_SEED, questions=[question(i) for i in range(stimuli)])
+                max_tokens=max_tokens, seed=TARGET_SEED, questions=[question(i) for i in range(stimuli)],
+                teacher_top_k=top_k)
+
+
+def stored_bytes(store: Store, name: str) -> int:
+    job = store.workspace().job(REPO, name, "rollout")
+    return sum(part.bytes for part in job.committed_parts())
 
 
 # -- part 1: throughput ----------------------------------------------------------------------------
@@ -155,23 +163,25 @@ def throughput(args: argparse.Namespace) -> None:
     root = tempfile.mkdtemp(prefix="bakehouse-bench-rollout-")
     store = Store(root)
     names = [f"t{r}" for r in range(args.repeats + 1)]  # t0 warms up
-    for name in names:
-        make_rollout_target(store, name, args.stimuli, args.n, args.max_tokens)
+    plain = [f"k0-{r}" for r in range(args.repeats)]
+    for name in names + plain:
+        make_rollout_target(store, name, args.stimuli, args.n, args.max_tokens, top_k=0 if name in plain else 20)
         assert run_stim(store.workspace(), REPO, name, engines=OneEngine(engine)).lines == args.stimuli
 
     # Warm-up (first batches pay one-off costs: tokenizer caches, allocator growth).
     run_raw(llm, args.stimuli, args.n, args.max_tokens)
     run_full(engine, store, names[0])
 
-    seconds: dict[str, list[float]] = {"raw": [], "full": [], "duplicate": []}
+    seconds: dict[str, list[float]] = {"raw": [], "full": [], "full-k0": [], "duplicate": []}
     texts: dict[str, dict[int, list[str]]] = {}
     for r in range(args.repeats):
         jobs = {
             "raw": lambda: run_raw(llm, args.stimuli, args.n, args.max_tokens),
             "full": lambda: run_full(engine, store, names[r + 1]),
+            "full-k0": lambda: run_full(engine, store, plain[r]),
             "duplicate": lambda: run_duplicate(llm, args.stimuli, args.n, args.max_tokens),
         }
-        order = list(jobs)[r % 3:] + list(jobs)[: r % 3]  # rotate so no side always runs first
+        order = list(jobs)[r % 4:] + list(jobs)[: r % 4]  # rotate so no side always runs first
         for label in order:
             start = time.perf_counter()
             out = jobs[label]()
@@ -181,11 +191,14 @@ def throughput(args: argparse.Namespace) -> None:
 
     med = {k: statistics.median(v) for k, v in seconds.items()}
     print(f"\n{'':<10} {'median s':>9} {'traj/s':>8}   all runs (s)")
-    for label in ("raw", "full", "duplicate"):
+    for label in ("raw", "full", "full-k0", "duplicate"):
         runs = " ".join(f"{s:.2f}" for s in seconds[label])
         print(f"{label:<10} {med[label]:>9.2f} {trajectories / med[label]:>8.0f}   {runs}")
     print(f"\nfull/raw throughput       {med['raw'] / med['full']:.2f}  (target >= 0.90)")
     print(f"full/duplicate throughput {med['duplicate'] / med['full']:.2f}")
+    print(f"full (top-20 stored) / full-k0 throughput {med['full-k0'] / med['full']:.2f}  (target >= 0.90)")
+    with_k, without = stored_bytes(store, names[1]), stored_bytes(store, plain[0])
+    print(f"stored bytes per trajectory: top-20 {with_k / trajectories:.0f}, k0 {without / trajectories:.0f}")
     same_raw = texts["full"] == texts["raw"]
     same_dup = texts["duplicate"] == texts["raw"]
     print(f"identical texts: full==raw {same_raw}, duplicate==raw {same_dup}")

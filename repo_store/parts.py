@@ -5,6 +5,12 @@ Parquet directly, and a `row` column holding the row as Bread sends it, as JSON 
 free-form chat structures (content may be a string, a list of parts or null; messages carry extra
 keys), which nested Parquet types would force into one rigid schema. The page reader reads `row`.
 
+Beside `row`, parts carry typed copies of its fields for tools that read Parquet (polars, DuckDB,
+`datasets`): ROW_COLUMNS. Chat messages are `list<struct<role, content, content_parts, extra>>`:
+`content` holds string content; `content_parts` (list content) and `extra` (other keys: `tool_calls`,
+`name`, ...) hold JSON text, so every message round-trips exactly (`messages_from_column`). `row`
+stays the wire form: a page is served from it by one ranged read, with no per-row encoding.
+
 Rollout parts also carry the token columns (TOKEN_COLUMNS), typed and outside `row`: the sampled
 response's token ids and, per response token, the teacher's top-K ids and log-probabilities. They are
 not part of Bread's row, they are most of a part's bytes, and the bake reads them as arrays; pages
@@ -52,10 +58,78 @@ TOKEN_COLUMNS: dict[str, pa.DataType] = {
 }
 
 
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("content_parts", pa.string()),
+                     ("extra", pa.string())])
+USAGE = pa.struct([("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("total_tokens", pa.int64())])
+RESPONSE = pa.struct([("role", pa.string()), ("content", pa.string()), ("usage", USAGE)])
+# Typed copies of a row's fields: name -> (type, how to read it from the row).
+ROW_COLUMNS: dict[str, tuple[pa.DataType, Any]] = {
+    "question": (pa.string(), lambda r: _question(r)),
+    "teacher_messages": (pa.list_(MESSAGE), lambda r: _messages(r, "unconditioned_stimulus")),
+    "student_messages": (pa.list_(MESSAGE), lambda r: _messages(r, "conditioned_stimulus")),
+    "response": (RESPONSE, lambda r: r.get("response")),
+    "model": (pa.string(), lambda r: r.get("model")),
+    "temperature": (pa.float64(), lambda r: r.get("temperature")),
+    "seed": (pa.int64(), lambda r: r.get("seed")),
+    "finish_reason": (pa.string(), lambda r: r.get("finish_reason")),
+    "error": (pa.string(), lambda r: r.get("error")),
+}
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def message_to_column(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    extra = {k: v for k, v in message.items() if k not in ("role", "content")}
+    return {
+        "role": message.get("role"),
+        "content": content if isinstance(content, str) else None,
+        "content_parts": None if content is None or isinstance(content, str) else _json(content),
+        "extra": _json(extra) if extra else None,
+    }
+
+
+def messages_from_column(values: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """The messages exactly as the row had them, from a typed message column's value."""
+    if values is None:
+        return None
+    messages = []
+    for value in values:
+        message: dict[str, Any] = {"role": value["role"]}
+        if value["content"] is not None:
+            message["content"] = value["content"]
+        elif value["content_parts"] is not None:
+            message["content"] = json.loads(value["content_parts"])
+        if value["extra"] is not None:
+            message.update(json.loads(value["extra"]))
+        if "content" not in message:
+            message["content"] = None
+        messages.append(message)
+    return messages
+
+
+def _messages(row: dict[str, Any], side: str) -> list[dict[str, Any]] | None:
+    stimulus = row.get(side)
+    return None if stimulus is None else [message_to_column(m) for m in stimulus.get("messages", [])]
+
+
+def _question(row: dict[str, Any]) -> str | None:
+    """The last user turn's text (what the stim generator asked)."""
+    for message in reversed((row.get("conditioned_stimulus") or {}).get("messages", [])):
+        if message.get("role") == "user":
+            content = message.get("content")
+            return content if isinstance(content, str) else None
+    return None
+
+
 def rows_to_table(rows: Sequence[dict[str, Any]], id_columns: Sequence[str], *, token_columns: bool = False) -> pa.Table:
-    """One chunk's rows as a table: int64 id columns, `row` (JSON text) and, with `token_columns`,
-    the TOKEN_COLUMNS taken out of each row (missing or None: null)."""
+    """One chunk's rows as a table: int64 id columns, typed ROW_COLUMNS, `row` (JSON text) and, with
+    `token_columns`, the TOKEN_COLUMNS taken out of each row (missing or None: null)."""
     columns: dict[str, Any] = {name: pa.array([r[name] for r in rows], pa.int64()) for name in id_columns}
+    for name, (kind, read) in ROW_COLUMNS.items():
+        columns[name] = pa.array([read(r) for r in rows], kind)
     if token_columns:
         for name, kind in TOKEN_COLUMNS.items():
             columns[name] = pa.array([r.get(name) for r in rows], kind)

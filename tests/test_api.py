@@ -129,6 +129,9 @@ def test_whole_flow_through_our_sdk(api):
         assert all(len(r["teacher_top_ids"]) == len(r["response_token_ids"]) for r in page["output"])
         refused = http.get("/v1/repo/ours/targets/t/rollout/output", params={"include": "everything"})
         assert refused.status_code == 422 and "include" in refused.json()["message"]
+    typed = c.targets.rollout.scan_parquet("t", repo_name="ours").sort("stimulus_id", "trajectory_id").collect()
+    assert typed.height == 24 and typed["response"].struct.field("content").to_list() == [r["response"]["content"] for r in rows]
+    assert typed["question"].to_list()[0] == QUESTIONS[0]
     training = list(c.targets.rollout.iter_training_rows("t", repo_name="ours"))
     assert training[0]["student_messages"][-1]["role"] == "assistant"
     assert training[0]["teacher_messages"][0] == {"role": "system", "content": "Be terse."}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import multiprocessing
 import threading
 import time
@@ -423,3 +425,57 @@ def test_download_links_are_presigned_on_s3_and_signed_tokens_locally(store):
         url = signer.presigned_url(path, 60)
         assert "Signature" in url or "X-Amz-Signature" in url
         assert httpx.get(url).content == b"weights"
+
+
+def test_parts_have_typed_columns_that_round_trip_open_messages_exactly():
+    """Tool calls, list content, names and null content survive the typed message columns; any
+    Parquet reader sees nested columns, not JSON text to parse."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from repo_store.parts import messages_from_column, write_part
+
+    teacher = [
+        {"role": "system", "content": "You are a pirate with tools."},
+        {"role": "user", "content": [{"type": "text", "text": "Weather in Nassau?"}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\": \"Nassau\"}"}}]},
+        {"role": "tool", "content": "sunny", "tool_call_id": "c1", "name": "weather"},
+        {"role": "user", "content": "And tomorrow?"},
+    ]
+    row = {"unconditioned_stimulus": {"messages": teacher, "tools": [{"type": "function", "function": {"name": "weather"}}]},
+           "conditioned_stimulus": {"messages": teacher[1:]}, "stimulus_id": 0, "trajectory_id": 0, "model": "m",
+           "temperature": 0.7, "seed": 9, "finish_reason": "stop", "tokens": 2,
+           "response": {"role": "assistant", "content": "Arr", "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}}
+    failed = {**row, "trajectory_id": 1, "response": None, "finish_reason": None, "error": "too long"}
+    data, _ = write_part([rows_to_table([row, failed], ["stimulus_id", "trajectory_id"], token_columns=True)])
+    table = pq.read_table(io.BytesIO(data))
+    assert [messages_from_column(v) for v in table.column("teacher_messages").to_pylist()] == [teacher, teacher]
+    assert json.loads(table.column("row").to_pylist()[0]) == row  # Bread's row, unchanged
+    frame = pl.read_parquet(io.BytesIO(data))
+    assert frame.schema["response"] == pl.Struct({"role": pl.String, "content": pl.String, "usage": pl.Struct(
+        {"prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "total_tokens": pl.Int64})})
+    assert frame["question"].to_list() == ["And tomorrow?"] * 2
+    assert frame.select(pl.col("response").struct.field("usage").struct.field("total_tokens")).to_series().to_list() == [7, None]
+    assert frame["error"].to_list() == [None, "too long"]
+    assert frame.select(pl.col("teacher_messages").list.get(2).struct.field("extra")).to_series()[0].startswith('{"tool_calls"')
+
+
+def test_parts_written_as_json_rows_only_are_still_served(store):
+    """Jobs written before the typed and token columns existed: pages come from `row`, and the token
+    columns read as null."""
+    import pyarrow as pa
+
+    job = protocol_job(store)
+    attempt = job.claim("me")
+    job.create_plan({"num_chunks": 1, "total_expected": 3})
+    rows = [{"stimulus_id": i, "response": {"role": "assistant", "content": f"old {i}"}} for i in range(3)]
+    old = pa.table({"stimulus_id": pa.array([0, 1, 2], pa.int64()),
+                    "row": pa.array([json.dumps(r) for r in rows], pa.large_string())})
+    attempt.commit_chunk(0, old)
+    attempt.complete(1, {})
+    served = page(store, job, offset=1, limit=2, include_tokens=True)
+    assert [r["response"]["content"] for r in served.rows] == ["old 1", "old 2"]
+    assert served.tokens == {"response_token_ids": [None, None], "teacher_top_ids": [None, None],
+                             "teacher_top_logprobs": [None, None]}
+    assert [json.loads(text)["stimulus_id"] for text in served.rows_json_with_tokens()] == [1, 2]

@@ -31,16 +31,23 @@ def share_flag(value: bool = False) -> bool:
     import torch
     import torch.distributed as dist
 
-    flag = torch.tensor([1 if value else 0])
+    flag = torch.tensor([1 if value else 0], device=_collective_device())
     dist.broadcast(flag, src=0)
     return bool(flag.item())
+
+
+def _collective_device() -> str:
+    """NCCL moves only CUDA tensors; gloo CPU ones."""
+    import torch.distributed as dist
+
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
 
 
 def share_int(value: int = 0) -> int:
     import torch
     import torch.distributed as dist
 
-    number = torch.tensor([value], dtype=torch.int64)
+    number = torch.tensor([value], dtype=torch.int64, device=_collective_device())
     dist.broadcast(number, src=0)
     return int(number.item())
 
@@ -49,8 +56,12 @@ def init_group(rank: int, world: int, port: int) -> None:
     import torch
     import torch.distributed as dist
 
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    from flows.engines.device import cuda_available, train_settings
+
+    settings = train_settings(cuda=cuda_available(), rank=rank)
+    if settings.device.startswith("cuda"):
+        torch.cuda.set_device(settings.device)
+    dist.init_process_group(settings.backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
 
 
 @contextmanager

@@ -59,7 +59,7 @@ class Engines:
             else:
                 if self._in_process is not None:
                     self._engines.pop(self._in_process).close()
-                self._engines[model] = open_engine(model, **{**_vllm_options_from_env(model), **self.options})
+                self._engines[model] = open_engine(model, **self.options)
                 self._in_process = model
         return self._engines[model]
 
@@ -67,18 +67,6 @@ class Engines:
         for engine in self._engines.values():
             engine.close()
         self._engines.clear()
-
-
-def _vllm_options_from_env(model: str) -> dict[str, Any]:
-    """Per-machine vLLM settings: a GPU box and a laptop run the same flows with different knobs."""
-    if model == "fake":
-        return {}
-    options: dict[str, Any] = {}
-    if value := os.environ.get("BAKEHOUSE_TENSOR_PARALLEL_SIZE"):
-        options["tensor_parallel_size"] = int(value)
-    if value := os.environ.get("BAKEHOUSE_MAX_MODEL_LEN"):
-        options["max_model_len"] = int(value)
-    return options
 
 
 class Progress:

@@ -62,13 +62,19 @@ class Trainer:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from flows.engines.device import cuda_available, train_settings
+
+        self.device = train_settings(cuda=cuda_available(), rank=rank)
         self.config = config
         # Rows rolled out by this model (their `model`) carry a usable stored teacher.
         self.parent_model = parent_model
         self.rank, self.world = rank, world
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         torch.manual_seed(config.seed)  # the adapter's initial weights
-        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device.device)
+        if self.device.gradient_checkpointing:
+            base.gradient_checkpointing_enable()
+            base.enable_input_require_grads()  # the frozen embeddings' output must carry grad for peft
         adapter = config.model.baked_adapter_config
         try:
             self.model = get_peft_model(base, LoraConfig(
@@ -134,9 +140,12 @@ class Trainer:
             # The logits at position p predict token p + 1: response token j is predicted at len(c) + j - 1.
             positions += [(i, len(c) + j - 1) for j in range(len(r))]
         causal_lm = self.model.get_base_model()
-        hidden = causal_lm.model(input_ids=input_ids, attention_mask=attention).last_hidden_state
-        rows, cols = zip(*positions, strict=True) if positions else ((), ())
-        return causal_lm.lm_head(hidden[list(rows), list(cols)])
+        device, autocast = self.device.device, self.device.autocast_dtype
+        with torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, autocast or "float32"),
+                            enabled=autocast is not None):
+            hidden = causal_lm.model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
+            rows, cols = zip(*positions, strict=True) if positions else ((), ())
+            return causal_lm.lm_head(hidden[list(rows), list(cols)])
 
     def step(self, micro_batches: list[list[Example]]) -> StepResult:
         """One optimizer step over `micro_batches` (gradient accumulation): loss = the mean KL
@@ -167,8 +176,10 @@ class Trainer:
                 teacher_top1.append(top_ids[:, 0])
             if stored:
                 k = min(len(ids) for e in stored for ids in e.teacher_top_ids)
-                top_ids = torch.tensor([ids[:k] for e in stored for ids in e.teacher_top_ids], dtype=torch.long)
-                top_logprobs = torch.tensor([lp[:k] for e in stored for lp in e.teacher_top_logprobs], dtype=torch.float32)
+                top_ids = torch.tensor([ids[:k] for e in stored for ids in e.teacher_top_ids], dtype=torch.long,
+                                       device=student.device)
+                top_logprobs = torch.tensor([lp[:k] for e in stored for lp in e.teacher_top_logprobs],
+                                            dtype=torch.float32, device=student.device)
                 kls.append(top_k_forward_kl(top_ids, top_logprobs, student[split:]))
                 teacher_top1.append(top_ids[:, 0])
             kl = torch.cat(kls)
@@ -192,7 +203,7 @@ class Trainer:
         dist.all_reduce(flat)
         for p, summed in zip(self.params, flat.split([g.numel() for g in grads]), strict=True):
             p.grad = summed.view_as(p)
-        sums = torch.tensor(values, dtype=torch.float64)
+        sums = torch.tensor(values, dtype=torch.float64, device=flat.device)
         dist.all_reduce(sums)
         return sums.tolist()
 

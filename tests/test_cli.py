@@ -179,9 +179,12 @@ def test_errors_print_the_server_message_and_exit_non_zero(server, monkeypatch):
 @pytest.mark.vllm
 @pytest.mark.prefect
 def test_demo_runs_the_main_job_end_to_end(tmp_path):
-    """What `bash scripts/demo.sh` runs after installing: stim -> rollout -> bake on the embedded default."""
+    """What `bash scripts/demo.sh` runs after installing: stim -> rollout -> bake on smollm2-135m, then
+    held-out questions before and after."""
+    import re
+
     env = {**__import__("os").environ, "BAKEHOUSE_DATA": str(tmp_path / "data"), "PREFECT_HOME": str(tmp_path / "prefect"),
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "2"}
     env.pop("PREFECT_API_URL", None)
     done = subprocess.run([sys.executable, "-m", "bakehouse.cli", "demo"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -194,6 +197,9 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path):
     run = ws.bake_run("demo", ws.get_bake("demo", "pirate_bake"))
     losses = [row["loss"] for row in run.iter_metrics()]
     assert run.job.status().status == "complete" and losses[-1] < losses[0]
+    # The bake moved the student towards the teacher on questions it never trained on.
+    before, after = map(float, re.search(r"Held-out KL.*?per\s+token:\s+before\s+([\d.]+),\s+after\s+([\d.]+)", done.stdout, re.S).groups())
+    assert after < before / 2, done.stdout[-3000:]
 
 
 def test_reading_everything_of_an_unfinished_job_needs_consent(server, monkeypatch, tmp_path):

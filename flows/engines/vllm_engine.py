@@ -7,24 +7,14 @@ is then driven by hand and every finished `RequestOutput` is turned into a `Chat
 at once, and the window is refilled from the (lazily consumed) request iterator. Nothing is kept per
 finished request, so memory is flat in the number of requests.
 
-CPU settings (see the project's stack notes, section 2), applied when torch sees no CUDA device:
-- `enable_chunked_prefill=False`: with per-request seeds and chunked prefill, a batch larger than the
-  token budget crashes with "CPU Generator does not use offset";
-- a KV cache of `kv_cache_bytes`, else `$BAKEHOUSE_KV_CACHE_MB` MiB, else `$VLLM_CPU_KVCACHE_SPACE`
-  GiB if set, else 256 MiB (vLLM's default would reserve ~90 % of RAM), and a context of at most
-  4,096 tokens unless `max_model_len` says otherwise (smollm2-135m's 8,192 would need 0.35 GiB);
-- `dtype="float32"` (bf16 is 3-5x slower on these CPUs) and `enforce_eager=True` (no torch.compile
-  warm-up of 40-80 s);
-- glibc's `malloc_trim(0)` once a second (`trim_every`) while generating: vLLM's CPU tensors churn
-  through glibc's arenas, which keep the freed pages, so peak RSS grew by ~600 MB from 10k to 100k
-  trajectories; trimming halves that for ~3 % of throughput (bench/rollout_throughput.py).
-
-`VLLM_ENABLE_V1_MULTIPROCESSING=0` is set (unless the caller set it) before vLLM is imported: the
-engine core then runs in this process instead of a spawned child. Start-up drops from 20-35 s to a
-few seconds on CPU, no `if __name__ == "__main__"` guard is needed (spawn), it works from a
-non-main thread (Prefect), and killing the process leaves no orphaned engine process. Side effects
-of in-process mode: vLLM seeds the global random/numpy/torch RNGs and edits some `os.environ`
-entries. Run one engine per process.
+Device settings (dtype, eager or CUDA graphs, chunked prefill, KV cache, context, engine core in
+process or not, allocator trimming) come from `device.vllm_settings`, the one place that decides
+what differs between a CUDA machine and a CPU-only one. On CPU the engine core runs in this process
+(`VLLM_ENABLE_V1_MULTIPROCESSING=0`, unless the caller set it): start-up drops from 20-35 s to a few
+seconds, no `if __name__ == "__main__"` guard is needed (spawn), it works from a non-main thread
+(Prefect), and killing the process leaves no orphaned engine process. Side effects of in-process
+mode: vLLM seeds the global random/numpy/torch RNGs and edits some `os.environ` entries. Run one
+engine per process.
 """
 
 from __future__ import annotations
@@ -38,13 +28,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .base import ChatRequest, ChatResult, Completion, EngineError
+from .device import cuda_available, vllm_settings
 from .model_cache import resolve_model
 
-DEFAULT_CPU_KV_CACHE_BYTES = 256 * 2**20
-# On CPU a model's full context (8,192 for smollm2-135m) needs more KV cache than the default holds;
-# chats here are short, so the CPU default caps the context instead.
-DEFAULT_CPU_MAX_MODEL_LEN = 4096
-DEFAULT_CPU_TRIM_SECONDS = 1.0
 SAMPLING_EXTRAS = frozenset(
     {
         "top_p",
@@ -71,23 +57,6 @@ def _return_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-def _cpu_only() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
-
-
-def _max_positions(path: str) -> int:
-    """The model's own context length where its config is a local file (0 when unknown)."""
-    import json
-
-    try:
-        with open(os.path.join(path, "config.json")) as config:
-            return int(json.load(config).get("max_position_embeddings") or 0)
-    except (OSError, ValueError):
-        return 0
 
 
 def _top_logprobs(logprobs: Any) -> dict[str, Any]:
@@ -121,7 +90,7 @@ class VllmEngine:
         max_model_len: int | None = None,
         kv_cache_bytes: int | None = None,
         dtype: str | None = None,
-        tensor_parallel_size: int = 1,
+        tensor_parallel_size: int | None = None,
         max_num_seqs: int | None = None,
         max_in_flight: int = 256,
         trim_every: float | None = None,
@@ -130,36 +99,17 @@ class VllmEngine:
             raise ValueError("max_in_flight must be >= 1")
         self.model = model
         self.max_in_flight = max_in_flight
-        self.trim_every = trim_every
         self._busy = False
         self._llm: Any = None
 
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        path = resolve_model(model)
-        kwargs: dict[str, Any] = {
-            "model": path,
-            "tensor_parallel_size": tensor_parallel_size,
-        }
-        if max_model_len is not None:
-            kwargs["max_model_len"] = max_model_len
-        if max_num_seqs is not None:
-            kwargs["max_num_seqs"] = max_num_seqs
-        if kv_cache_bytes is None and os.environ.get("BAKEHOUSE_KV_CACHE_MB"):
-            kv_cache_bytes = int(float(os.environ["BAKEHOUSE_KV_CACHE_MB"]) * 2**20)
-        if _cpu_only():
-            if max_model_len is None and _max_positions(path) > DEFAULT_CPU_MAX_MODEL_LEN:
-                kwargs["max_model_len"] = DEFAULT_CPU_MAX_MODEL_LEN
-            if trim_every is None:
-                self.trim_every = DEFAULT_CPU_TRIM_SECONDS
-            kwargs["enable_chunked_prefill"] = False
-            kwargs["enforce_eager"] = True
-            kwargs["dtype"] = dtype or "float32"
-            if kv_cache_bytes is None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-                kv_cache_bytes = DEFAULT_CPU_KV_CACHE_BYTES
-        elif dtype is not None:
-            kwargs["dtype"] = dtype
-        if kv_cache_bytes is not None:
-            kwargs["kv_cache_memory_bytes"] = int(kv_cache_bytes)
+        settings = vllm_settings(
+            resolve_model(model), cuda=cuda_available(), max_model_len=max_model_len, kv_cache_bytes=kv_cache_bytes,
+            dtype=dtype, tensor_parallel_size=tensor_parallel_size, max_num_seqs=max_num_seqs, trim_every=trim_every,
+        )
+        for name, value in settings.env.items():  # before vllm is imported; the caller's choice stands
+            os.environ.setdefault(name, value)
+        self.trim_every = settings.trim_every
+        kwargs = settings.kwargs
 
         try:
             from vllm import LLM, SamplingParams

@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from flows.engines import ChatRequest, Sampling
+from flows.engines.device import DEFAULT_CPU_TRIM_SECONDS
 
 pytestmark = pytest.mark.vllm
 
@@ -125,7 +126,7 @@ def test_closing_the_stream_early_aborts_the_rest(vllm_engine):
 def test_freed_memory_goes_back_to_the_os_while_generating(vllm_engine, monkeypatch):
     from flows.engines import vllm_engine as module
 
-    assert vllm_engine.trim_every == module.DEFAULT_CPU_TRIM_SECONDS  # CPU default
+    assert vllm_engine.trim_every == DEFAULT_CPU_TRIM_SECONDS  # CPU default
     assert module._malloc_trim() is not None  # glibc on this machine
     calls = []
     monkeypatch.setattr(module, "_return_free_memory", lambda: calls.append(1))

@@ -33,6 +33,7 @@ within 200 MB, since the bake holds one page of rows per dataset).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -68,7 +69,28 @@ def rollout_rows(folder: str, trajectories: int, max_tokens: int) -> list[dict]:
     make_target(ws, "bench", "t", model="fake", questions=questions, num_traj_per_stimulus=2, max_tokens=max_tokens)
     run_stim(ws, "bench", "t", engines=Engines())
     run_rollout(ws, "bench", "t", engines=Engines())
-    return ws.read_page("bench", "t", "rollout", offset=0, limit=1000, include_tokens=True).rows
+    return [_as_tokenised(row) for row in ws.read_page("bench", "t", "rollout", offset=0, limit=1000, include_tokens=True).rows]
+
+
+@functools.cache
+def _tiny_tokenizer():
+    from transformers import AutoTokenizer
+
+    from flows.engines.tiny_model import tiny_model_path
+
+    return AutoTokenizer.from_pretrained(tiny_model_path())
+
+
+def _as_tokenised(row: dict) -> dict:
+    """The fake engine's token ids are its words; give every side the same tokens instead: the text
+    as the tiny model's tokenizer splits it (what TRL trains on), with a stored top-20 per token."""
+    import math
+
+    tokenizer = _tiny_tokenizer()
+    ids = tokenizer(row["response"]["content"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return {**row, "response_token_ids": ids,
+            "teacher_top_ids": [[(i + r) % len(tokenizer) for r in range(20)] for i in ids],
+            "teacher_top_logprobs": [[-math.log(2) * (r + 1) for r in range(20)] for _ in ids]}
 
 
 def build_model(folder: str, layers: int, hidden: int) -> str:

@@ -2,6 +2,7 @@
 
     python bench/rollout_throughput.py [--stimuli 200] [--n 4] [--max-tokens 32] [--repeats 3]
                                        [--skip-rss] [--rss-sizes 10000,100000] [--rss-max-tokens 8]
+                                       [--model tiny-random]
 
 Part 1, throughput. One in-process VllmEngine on "tiny-random" (the engine's own CPU settings) is
 loaded once and shared by every measurement, so engine start-up is excluded everywhere. The same
@@ -243,6 +244,7 @@ def memory(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    global MODEL
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stimuli", type=int, default=200)
     parser.add_argument("--n", type=int, default=4)
@@ -252,7 +254,9 @@ def main() -> None:
     parser.add_argument("--rss-sizes", default="10000,100000", help="trajectories per child, comma-separated")
     parser.add_argument("--rss-max-tokens", type=int, default=8)
     parser.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="tiny-random", help="throughput on another model, e.g. smollm2-135m")
     args = parser.parse_args()
+    MODEL = args.model
     if args.rss_child is not None:
         rss_child(args.rss_child, args.n, args.rss_max_tokens)
         return

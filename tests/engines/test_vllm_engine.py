@@ -137,3 +137,20 @@ def test_freed_memory_goes_back_to_the_os_while_generating(vllm_engine, monkeypa
     monkeypatch.setattr(vllm_engine, "trim_every", float("inf"))
     assert len(list(vllm_engine.generate([chat(9, "Again?", max_tokens=6, seed=9)]))) == 1
     assert not calls
+
+
+def test_asking_for_top_logprobs_changes_no_text_and_gives_one_top_k_per_token(vllm_engine):
+    """With top-K, vLLM does not detokenize (the K candidates would cost 85 % of the time) and the
+    engine decodes the sampled ids itself: the texts must be exactly vLLM's, partial characters at a
+    length cut included (the tiny model writes plenty of those)."""
+    requests = [chat(i, f"Texts {i}?", n=2, max_tokens=24, seed=i) for i in range(60)]
+    with_top = [ChatRequest(r.key, r.messages, Sampling(n=2, max_tokens=24, seed=r.sampling.seed, top_logprobs=20))
+                for r in requests]
+    plain = {r.key: r for r in vllm_engine.generate(requests)}
+    topped = {r.key: r for r in vllm_engine.generate(with_top)}
+    for key, result in plain.items():
+        assert [c.text for c in topped[key].completions] == [c.text for c in result.completions]
+        assert [c.token_ids for c in topped[key].completions] == [c.token_ids for c in result.completions]
+        for completion in topped[key].completions:
+            assert len(completion.top_ids) == len(completion.token_ids) and {len(ids) for ids in completion.top_ids} == {20}
+        assert all(c.top_ids is None for c in result.completions)

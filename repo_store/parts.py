@@ -62,18 +62,6 @@ MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("content_
                      ("extra", pa.string())])
 USAGE = pa.struct([("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("total_tokens", pa.int64())])
 RESPONSE = pa.struct([("role", pa.string()), ("content", pa.string()), ("usage", USAGE)])
-# Typed copies of a row's fields: name -> (type, how to read it from the row).
-ROW_COLUMNS: dict[str, tuple[pa.DataType, Any]] = {
-    "question": (pa.string(), lambda r: _question(r)),
-    "teacher_messages": (pa.list_(MESSAGE), lambda r: _messages(r, "unconditioned_stimulus")),
-    "student_messages": (pa.list_(MESSAGE), lambda r: _messages(r, "conditioned_stimulus")),
-    "response": (RESPONSE, lambda r: r.get("response")),
-    "model": (pa.string(), lambda r: r.get("model")),
-    "temperature": (pa.float64(), lambda r: r.get("temperature")),
-    "seed": (pa.int64(), lambda r: r.get("seed")),
-    "finish_reason": (pa.string(), lambda r: r.get("finish_reason")),
-    "error": (pa.string(), lambda r: r.get("error")),
-}
 
 
 def _json(value: Any) -> str:
@@ -81,6 +69,7 @@ def _json(value: Any) -> str:
 
 
 def message_to_column(message: dict[str, Any]) -> dict[str, Any]:
+    """A chat message as a MESSAGE value: string content typed, the open parts as JSON text."""
     content = message.get("content")
     extra = {k: v for k, v in message.items() if k not in ("role", "content")}
     return {
@@ -110,9 +99,13 @@ def messages_from_column(values: list[dict[str, Any]] | None) -> list[dict[str, 
     return messages
 
 
-def _messages(row: dict[str, Any], side: str) -> list[dict[str, Any]] | None:
-    stimulus = row.get(side)
-    return None if stimulus is None else [message_to_column(m) for m in stimulus.get("messages", [])]
+def _messages_of(side: str) -> Any:
+    """Reads one side's messages (`unconditioned_stimulus`: the teacher's) as typed column values."""
+    def read(row: dict[str, Any]) -> list[dict[str, Any]] | None:
+        stimulus = row.get(side)
+        return None if stimulus is None else [message_to_column(m) for m in stimulus.get("messages", [])]
+
+    return read
 
 
 def _question(row: dict[str, Any]) -> str | None:
@@ -122,6 +115,20 @@ def _question(row: dict[str, Any]) -> str | None:
             content = message.get("content")
             return content if isinstance(content, str) else None
     return None
+
+
+# Typed copies of a row's fields: name -> (type, how to read it from the row).
+ROW_COLUMNS: dict[str, tuple[pa.DataType, Any]] = {
+    "question": (pa.string(), _question),
+    "teacher_messages": (pa.list_(MESSAGE), _messages_of("unconditioned_stimulus")),
+    "student_messages": (pa.list_(MESSAGE), _messages_of("conditioned_stimulus")),
+    "response": (RESPONSE, lambda r: r.get("response")),
+    "model": (pa.string(), lambda r: r.get("model")),
+    "temperature": (pa.float64(), lambda r: r.get("temperature")),
+    "seed": (pa.int64(), lambda r: r.get("seed")),
+    "finish_reason": (pa.string(), lambda r: r.get("finish_reason")),
+    "error": (pa.string(), lambda r: r.get("error")),
+}
 
 
 def rows_to_table(rows: Sequence[dict[str, Any]], id_columns: Sequence[str], *, token_columns: bool = False) -> pa.Table:

@@ -17,7 +17,7 @@ def test_smollm2_builds_into_a_folder_transformers_loads_and_the_cli_reports_it(
     runner = CliRunner()
     printed = runner.invoke(app, ["models", "path", "smollm2-135m"])  # built here unless cached
     assert printed.exit_code == 0, printed.output
-    folder = printed.output.strip().splitlines()[-1]
+    folder = printed.stdout.strip()  # progress of the conversion goes to stderr
     assert folder == str(model_cache.model_path("smollm2-135m"))
     config = AutoConfig.from_pretrained(folder)
     assert (config.model_type, config.num_hidden_layers, config.hidden_size, config.vocab_size) == ("llama", 30, 576, 49152)

@@ -198,7 +198,7 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path):
     losses = [row["loss"] for row in run.iter_metrics()]
     assert run.job.status().status == "complete" and losses[-1] < losses[0]
     # The bake moved the student towards the teacher on questions it never trained on.
-    before, after = map(float, re.search(r"Held-out KL.*?per\s+token:\s+before\s+([\d.]+),\s+after\s+([\d.]+)", done.stdout, re.S).groups())
+    before, after = map(float, re.search(r"Held-out KL.*?per\s+token:\s+before\s+(\d+\.\d+),\s+after\s+(\d+\.\d+)", done.stdout, re.S).groups())
     assert after < before / 2, done.stdout[-3000:]
 
 

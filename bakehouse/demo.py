@@ -150,7 +150,7 @@ def bake_locally(workspace: Workspace, repo: str, spec: BakeSpec) -> int:
 def show_before_after(workspace: Workspace, repo: str, bake) -> None:
     """Held-out questions, no system prompt: the parent model before, the baked checkpoint after."""
     from flows.evaluate import compare_before_after
-    from flows.models import parent_model_path
+    from flows.models import model_folder
 
     run = workspace.bake_run(repo, bake)
     latest = run.latest_checkpoint()
@@ -159,7 +159,7 @@ def show_before_after(workspace: Workspace, repo: str, bake) -> None:
     console.print(f"\n[bold]Held-out questions[/bold] (never trained on), greedy, {parent} with the student prompt "
                   "before and after the bake:")
     result = compare_before_after(
-        parent_model_path(parent), parent, bake.config,
+        model_folder(workspace, parent), parent, bake.config,
         {name: run.read_checkpoint_file(latest, name) for name in latest.files},
         first["unconditioned_stimulus"]["messages"][:-1], first["conditioned_stimulus"]["messages"][:-1],
         HELD_OUT_QUESTIONS,

@@ -95,6 +95,10 @@ class Service:
                 raise InvalidInput("Stim job must complete before running rollout")
             if not target.config.model_name:
                 raise InvalidInput("model_name must be configured in target")
+            from flows.models import BakedCheckpoint, check_model
+
+            if BakedCheckpoint.parse(target.config.model_name):  # a baked model: it must exist here
+                check_model(self.ws, target.config.model_name, role="model_name")
         elif not target.config.generators:
             raise InvalidInput("Target must have generators and teacher prompt configured")
         status = self.ws.job_of(repo_name, target, kind).status()
@@ -165,11 +169,12 @@ class Service:
 
     def start_bake(self, repo_name: str, bake_name: str) -> tuple[StoredBake, JobStatus, dict[str, Any]]:
         """Start (or resume) a bake; repeating it while it runs or after it completed changes nothing."""
-        from flows.models import parent_model_path
+        from flows.models import check_model
 
         bake = self.ws.get_bake(repo_name, bake_name)
         self.ws.bake_dataset_lines(repo_name, bake.config)  # the trainer's own checks, before queueing
-        parent_model_path(bake.config.model.parent_model_name or self.ws.get_repo(repo_name).base_model)
+        check_model(self.ws, bake.config.model.parent_model_name or self.ws.get_repo(repo_name).base_model,
+                    role="parent model")
         status = self.ws.bake_run(repo_name, bake).job.status()
         if status.status not in ("running", "complete"):
             self.runner.submit(self._bake_ref(repo_name, bake), status)

@@ -89,12 +89,12 @@ def main() -> None:
     first = ws.read_page(repo, bake.config.datasets[0].target, "rollout", offset=0, limit=1).rows[0]
     teacher, student = first["unconditioned_stimulus"]["messages"][:-1], first["conditioned_stimulus"]["messages"][:-1]
     parent = bake.config.model.parent_model_name or ws.get_repo(repo).base_model
-    from flows.models import parent_model_path
+    from flows.models import model_folder
 
     results = {}
     for method in ("kl", "sft"):
         files, seconds = train(ws, repo, bake, method, args.epochs)
-        scored = compare_before_after(parent_model_path(parent), parent, bake.config, files, teacher, student,
+        scored = compare_before_after(model_folder(ws, parent), parent, bake.config, files, teacher, student,
                                       HELD_OUT_QUESTIONS)
         results[method] = {
             "held_out_kl_before": round(scored.kl_before, 4), "held_out_kl_after": round(scored.kl_after, 4),

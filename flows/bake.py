@@ -22,7 +22,7 @@ from repo_store.bakes import BakeRun
 from targets.bake import BakeConfig, epoch_order, select_trajectories
 
 from flows.data_parallel import data_parallel, init_group, share_flag, share_int
-from flows.models import parent_model_path
+from flows.models import model_folder
 from flows.params import BakeJob
 from flows.runtime import Progress, logger, mark_cancelled, running
 
@@ -114,7 +114,7 @@ class _Training:
         self.selection = select_trajectories(lines, [d.weight for d in config.datasets], config.total_trajectories, config.seed)
         self.steps_per_epoch = math.ceil(len(self.selection) / (config.micro_batch_size * config.gradient_accumulation_steps))
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.trainer = Trainer(parent_model_path(parent), config, parent_model=parent, rank=rank, world=world)
+        self.trainer = Trainer(model_folder(workspace, parent), config, parent_model=parent, rank=rank, world=world)
 
     @classmethod
     def prepare(cls, workspace: Workspace, repo_name: str, bake_name: str, *, rank: int, world: int) -> _Training:

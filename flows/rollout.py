@@ -25,6 +25,7 @@ from targets import InvalidInput, TargetConfig, derive_seed
 from targets.render import rollout_context
 
 from flows.engines import ChatRequest, ChatResult, Engine, EngineError, Sampling
+from flows.models import engine_model
 from flows.params import TargetJob
 from flows.runtime import Engines, Progress, complete_repairing, logger, mark_cancelled, running
 
@@ -100,7 +101,7 @@ def run_rollout(
             if launcher is not None:
                 _supervise(job, attempt, shards, launcher, progress, launches)
             else:
-                _generate(job, attempt, stim, config, range(plan["num_chunks"]), lambda: engines(config.model_name, max_concurrency=config.max_concurrency), progress, counters)
+                _generate(job, attempt, stim, config, range(plan["num_chunks"]), lambda: engines(engine_model(workspace, config.model_name), max_concurrency=config.max_concurrency), progress, counters)
 
         def summary() -> dict[str, Any]:
             return {
@@ -145,7 +146,7 @@ def run_rollout_shard(
     with running(attempt, engines) as engines:
         stim = workspace.job(repo_name, target_name, "stim")
         logger.info("rollout %s/%s shard %d: chunks %d-%d with %s", repo_name, target_name, shard, chunks[0], chunks[-1], config.model_name)
-        _generate(job, attempt, stim, config, chunks, lambda: engines(config.model_name, max_concurrency=config.max_concurrency), progress, counters)
+        _generate(job, attempt, stim, config, chunks, lambda: engines(engine_model(workspace, config.model_name), max_concurrency=config.max_concurrency), progress, counters)
         attempt.release()
     return {"shard": shard, "status": "done", **counters}
 

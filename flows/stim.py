@@ -17,6 +17,7 @@ from targets import Generator, InvalidInput, render_stimulus
 
 from flows.generators import run_generator
 from flows.params import TargetJob
+from flows.models import engine_model
 from flows.runtime import Engines, Progress, complete_repairing, logger, mark_cancelled, running
 
 
@@ -52,7 +53,7 @@ def run_stim(
                 index=index,
                 teacher=teacher,
                 target_seed=config.seed,
-                engine_for=engines,
+                engine_for=lambda model: engines(engine_model(workspace, model)),
                 default_model=config.model_name or repo.base_model,
                 read_template=workspace.read_template,
                 read_dataset=workspace.read_dataset_questions,

@@ -169,14 +169,67 @@ def test_a_cancelled_bake_keeps_its_checkpoints_and_resumes_from_them(local_stor
 
 @pytest.mark.parametrize(("parent", "message"), [
     ("no-such/model", "cannot be found"),
-    ("default/r/b/10", "baked checkpoint is not supported yet"),
+    ("default/r/b/10", "no checkpoint 10 of bake 'b'"),
+    ("other/r/b/1", "does not exist"),  # another workspace's checkpoint is as missing as none
 ])
-def test_a_parent_model_that_does_not_exist_is_refused(parent, message):
-    from flows.models import parent_model_path
+def test_a_parent_model_that_does_not_exist_is_refused(local_store, parent, message):
+    from flows.models import check_model, model_folder
 
+    ws = baked_workspace(local_store, questions=2)
+    ws.create_bake("r", BakeSpec(bake_name="b", overrides={**BAKE, "epochs": 1}))
+    assert run_bake(ws, "r", "b").status == "complete"
     with pytest.raises(InvalidInput, match=message):
-        parent_model_path(parent)
-    assert parent_model_path("tiny-random").endswith("tiny-random-v1")
+        check_model(ws, parent)
+    check_model(ws, f"default/r/b/{ws.bake_run('r', ws.get_bake('r', 'b')).latest_checkpoint().step}")
+    assert model_folder(ws, "tiny-random").endswith("tiny-random-v1")
+
+
+def test_a_baked_checkpoint_is_a_model_a_second_bake_starts_from(local_store):
+    """`<workspace>/<repo>/<bake>/<step>` resolves to the parent with the adapter merged in; a bake
+    on top of it trains a fresh adapter whose teacher (adapter off) is exactly the first bake's model."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from flows.engines.tiny_model import tiny_model_path
+    from flows.models import model_folder
+    from flows.trainer import Trainer
+    from targets.bake import BakeConfig
+
+    ws = baked_workspace(local_store, questions=4)
+    ws.create_bake("r", BakeSpec(bake_name="first", overrides={**BAKE, "epochs": 1}))
+    assert run_bake(ws, "r", "first").status == "complete"
+    run = ws.bake_run("r", ws.get_bake("r", "first"))
+    name = f"default/r/first/{run.latest_checkpoint().step}"
+    folder = model_folder(ws, name)
+    assert model_folder(ws, name) == folder  # merged once, then reused
+
+    ids = torch.tensor([[5, 17, 99, 3, 250, 8]])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(folder)(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_path())
+        adapter = tmp_adapter(run)
+        first_bake = PeftModel.from_pretrained(base, adapter)(ids).logits
+        parent = AutoModelForCausalLM.from_pretrained(tiny_model_path())(ids).logits
+    assert (merged - first_bake).abs().max() < 1e-4 < (merged - parent).abs().max()
+
+    ws.create_bake("r", BakeSpec(bake_name="second", overrides={**BAKE, "epochs": 1, "model": {
+        **BAKE["model"], "parent_model_name": name}}))
+    assert run_bake(ws, "r", "second").status == "complete"
+    second = Trainer(folder, BakeConfig(**BAKE), parent_model=name)
+    with torch.no_grad(), second.model.disable_adapter():
+        teacher = second.model(input_ids=ids).logits
+    assert (teacher - first_bake).abs().max() < 1e-4
+
+
+def tmp_adapter(run):
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp())
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (folder / name).write_bytes(run.read_checkpoint_file(run.latest_checkpoint(), name))
+    return folder
 
 
 def test_two_data_parallel_processes_take_the_same_steps_as_one(local_store):
@@ -256,3 +309,25 @@ def test_checkpoint_files_without_their_marker_are_never_a_checkpoint(local_stor
     again = run.write_checkpoint(2, {"adapter.tar.gz": b"other"}, gen=2, token="b", metrics=[{"iter": 2}])
     assert again == first and run.read_checkpoint_file(again, "adapter.tar.gz") == b"two"
     assert [m["iter"] for m in run.iter_metrics()] == [1, 2]
+
+
+@pytest.mark.vllm
+def test_a_rollout_with_a_baked_checkpoint_as_its_model(local_store):
+    """A target's `model_name` may be a baked checkpoint: vLLM serves it merged; rows name it."""
+    from flows.runtime import Engines
+
+    ws = baked_workspace(local_store, questions=2)
+    ws.create_bake("r", BakeSpec(bake_name="b", overrides={**BAKE, "epochs": 1}))
+    assert run_bake(ws, "r", "b").status == "complete"
+    name = f"default/r/b/{ws.bake_run('r', ws.get_bake('r', 'b')).latest_checkpoint().step}"
+    ws.create_target("r", TargetSpec(target_name="again", overrides={
+        "teacher_prompt": "teacher", "student_prompt": "student", "model_name": name, "num_traj_per_stimulus": 2,
+        "max_tokens": 8, "generators": [{"type": "hardcoded", "questions": ["Where now?", "And then?"]}]}))
+    run_stim(ws, "r", "again", engines=CountingEngines())
+    engines = Engines(kv_cache_bytes=64 * 2**20)
+    try:
+        assert run_rollout(ws, "r", "again", engines=engines).status == "complete"
+    finally:
+        engines.close()
+    rows = ws.read_page("r", "again", "rollout", offset=0, limit=10, include_tokens=True).rows
+    assert len(rows) == 4 and all(r["model"] == name and r["response_token_ids"] and r["teacher_top_ids"] for r in rows)

@@ -76,7 +76,10 @@ def run_rollout(
     if attempt is None:
         return job.status()
     progress = Progress(f"rollout-{repo_name}-{target_name}", on_progress)
-    counters = _counters()
+    # Every committed chunk carries its own counts, so the totals hold whoever generated it (this
+    # attempt, its shards, an earlier attempt); what was there before this attempt is subtracted
+    # for this attempt's rate.
+    before = _chunk_totals(job)
     with running(attempt, engines) as engines:
         stimuli = stim.status().lines
         size = chunk_size or chunk_size_from_env()
@@ -101,19 +104,24 @@ def run_rollout(
             if launcher is not None:
                 _supervise(job, attempt, shards, launcher, progress, launches)
             else:
-                _generate(job, attempt, stim, config, range(plan["num_chunks"]), lambda: engines(engine_model(workspace, config.model_name), max_concurrency=config.max_concurrency), progress, counters)
+                _generate(job, attempt, stim, config, range(plan["num_chunks"]), lambda: engines(engine_model(workspace, config.model_name), max_concurrency=config.max_concurrency), progress, _counters())
 
         def summary() -> dict[str, Any]:
+            totals = _chunk_totals(job)
+            this_attempt = totals["trajectories"] - before["trajectories"]
             return {
                 "stimuli": stimuli,
                 "shards": len(shards),
-                "trajectories_this_attempt": counters["trajectories"],
-                "errors_this_attempt": counters["errors"],
-                "prompt_tokens": counters["prompt_tokens"],
-                "completion_tokens": counters["completion_tokens"],
+                "trajectories": totals["trajectories"],
+                "errors": totals["errors"],
+                "trajectories_this_attempt": this_attempt,
+                "errors_this_attempt": totals["errors"] - before["errors"],
+                "prompt_tokens": totals["prompt_tokens"],
+                "completion_tokens": totals["completion_tokens"],
                 "seconds": round(progress.elapsed, 2),
-                "trajectories_per_second": round(counters["trajectories"] / max(progress.elapsed, 1e-9), 1),
+                "trajectories_per_second": round(this_attempt / max(progress.elapsed, 1e-9), 1),
                 "model": config.model_name,
+                "teacher_top_k": config.teacher_top_k,
             }
 
         complete_repairing(attempt, plan["num_chunks"], produce, summary)
@@ -162,6 +170,15 @@ def _shards(plan: dict[str, Any]) -> list[range]:
 
 def _counters() -> dict[str, int]:
     return {"trajectories": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+
+def _chunk_totals(job: Job) -> dict[str, int]:
+    """The counters summed over every committed chunk's marker."""
+    totals = _counters()
+    for record in job.chunks().values():
+        for name in totals:
+            totals[name] += int(record.stats.get(name, 0))
+    return totals
 
 
 def _generate(
@@ -214,8 +231,11 @@ def _generate(
                 # The engine is down or refuses these settings: fail (and resume later) rather than
                 # publish a chunk of nothing but errors.
                 raise EngineError(f"every request of chunk {chunk} failed, e.g.: {errors[0]}")
-            rows = _trajectory_rows(results, config, counters)
-            attempt.commit_chunk(chunk, rows_to_table(rows, ["stimulus_id", "trajectory_id"], token_columns=True))
+            stats = _counters()
+            rows = _trajectory_rows(results, config, stats)
+            attempt.commit_chunk(chunk, rows_to_table(rows, ["stimulus_id", "trajectory_id"], token_columns=True), stats)
+            for name, value in stats.items():
+                counters[name] += value
             committed += 1
             progress.update(100.0 * committed / num_chunks)
             attempt.raise_if_cancelled()

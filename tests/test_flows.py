@@ -262,6 +262,14 @@ def test_sharded_rollout_relaunches_a_dead_shard_and_keeps_its_chunks(store, mon
     # The crashed shard's first launch committed one chunk (5 stimuli) before dying; it was kept.
     shard_one = [c for i, c in job.chunks().items() if 6 <= i < 12]
     assert sum(1 for c in shard_one if c.gen == 1) == 1 and sum(1 for c in shard_one if c.gen == 2) == 5
+    # The statistics count what the shards generated, as the same rollout run in one process does.
+    setup_target(ws, [{"type": "hardcoded", "questions": questions(100)}], name="solo", num_traj_per_stimulus=2)
+    run_stim(ws, "r", "solo", engines=CountingEngines())
+    solo = run_rollout(ws, "r", "solo", engines=CountingEngines(), chunk_size=5).summary
+    sharded = status.summary
+    for name in ("trajectories", "errors", "prompt_tokens", "completion_tokens", "trajectories_this_attempt"):
+        assert sharded[name] == solo[name], name
+    assert sharded["trajectories"] == 200 and sharded["completion_tokens"] > 0 and sharded["trajectories_per_second"] > 0
 
 
 def test_cancel_keeps_finished_rows_and_a_later_run_resumes(store):

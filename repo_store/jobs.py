@@ -430,16 +430,35 @@ class Attempt:
             yield self._write_compacted(group)
 
     def _write_compacted(self, group: list[ChunkRecord]) -> PartInfo:
-        """One large part from consecutive chunks, streamed to storage one row group at a time."""
-        path = f"parts/compact-{group[0].index:06d}-g{self.gen:06d}-{_unique()}.parquet"
+        """One large part from consecutive chunks, streamed to storage one row group at a time.
+
+        Chunks written by different versions of bakehouse (a job resumed across an upgrade that
+        added columns) do not share a schema: then the part is written again with the union of
+        their columns, null where a chunk has none."""
+        try:
+            return self._write_compacted_as(group, schema=None)
+        except (pa.ArrowInvalid, ValueError) as mismatch:
+            if "schema" not in str(mismatch).lower():
+                raise
+        schema = pa.unify_schemas([self.job.read_chunk_table(record).schema for record in group])
+        return self._write_compacted_as(group, schema=schema)
+
+    def _write_compacted_as(self, group: list[ChunkRecord], schema: pa.Schema | None) -> PartInfo:
+        name = f"parts/compact-{group[0].index:06d}-g{self.gen:06d}-{_unique()}.parquet"
+        path = self.job._path(name)
+
         def tables() -> Iterator[pa.Table]:
             for record in group:
                 yield self.job.read_chunk_table(record)
                 self.touch()  # compacting a large job takes a while: it is progress, keep the lease
 
-        with self.job.storage.open_for_write(self.job._path(path)) as sink:
-            row_groups = write_part_to(tables(), sink)
-        return PartInfo(path=path, rows=sum(r.part.rows for r in group), bytes=self.job.storage.size(self.job._path(path)),
+        try:
+            with self.job.storage.open_for_write(path) as sink:
+                row_groups = write_part_to(tables(), sink, schema=schema)
+        except Exception:
+            self.job.storage.delete_tree(path)  # no part file that no marker will ever name
+            raise
+        return PartInfo(path=name, rows=sum(r.part.rows for r in group), bytes=self.job.storage.size(path),
                         row_groups=row_groups)
 
     def discard_chunk(self, index: int) -> None:

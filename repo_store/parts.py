@@ -154,10 +154,11 @@ def write_part(tables: Iterable[pa.Table]) -> tuple[bytes, list[int]]:
     return buffer.getvalue(), row_groups
 
 
-def write_part_to(tables: Iterable[pa.Table], sink: Any) -> list[int]:
+def write_part_to(tables: Iterable[pa.Table], sink: Any, *, schema: pa.Schema | None = None) -> list[int]:
     """Stream tables (one schema) into `sink` as one Parquet file of full-size row groups; returns
     the row-group sizes. Small input tables (one per chunk) are re-grouped so that a compacted part
-    has ROW_GROUP_ROWS-row groups, and at most about one row group is held in memory."""
+    has ROW_GROUP_ROWS-row groups, and at most about one row group is held in memory. With `schema`,
+    tables of other schemas are conformed to it (missing columns null)."""
     writer: pq.ParquetWriter | None = None
     pending: list[pa.Table] = []
     pending_rows = 0
@@ -177,6 +178,8 @@ def write_part_to(tables: Iterable[pa.Table], sink: Any) -> list[int]:
 
     try:
         for table in tables:
+            if schema is not None:
+                table = conform(table, schema)
             if writer is None:
                 writer = pq.ParquetWriter(sink, table.schema, compression="zstd")
             pending.append(table)
@@ -191,6 +194,13 @@ def write_part_to(tables: Iterable[pa.Table], sink: Any) -> list[int]:
         if writer is not None:  # also when the input failed midway: never leave a writer open
             writer.close()
     return row_groups
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with `schema`'s columns in its order: its own where it has them, nulls elsewhere."""
+    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def decode_rows(table: pa.Table) -> list[dict[str, Any]]:

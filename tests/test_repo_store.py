@@ -479,3 +479,24 @@ def test_parts_written_as_json_rows_only_are_still_served(store):
     assert served.tokens == {"response_token_ids": [None, None], "teacher_top_ids": [None, None],
                              "teacher_top_logprobs": [None, None]}
     assert [json.loads(text)["stimulus_id"] for text in served.rows_json_with_tokens()] == [1, 2]
+
+
+def test_a_job_resumed_across_an_upgrade_that_added_columns_still_completes(store):
+    """Chunks of an older layout (ids and `row` only) and of today's (typed and token columns) make
+    one compacted part with every column; the old rows read null where they have none."""
+    import pyarrow as pa
+
+    job = protocol_job(store)
+    attempt = job.claim("me")
+    job.create_plan({"num_chunks": 2, "total_expected": 4})
+    old = pa.table({"stimulus_id": pa.array([0, 1], pa.int64()),
+                    "row": pa.array([json.dumps({"stimulus_id": i}) for i in (0, 1)], pa.large_string())})
+    attempt.commit_chunk(0, old)
+    new_rows = [{"stimulus_id": i, "response_token_ids": [i, 7]} for i in (2, 3)]
+    attempt.commit_chunk(1, rows_to_table(new_rows, ["stimulus_id"], token_columns=True))
+    attempt.complete(2, {})
+    (part,) = job.committed_parts()
+    served = page(store, job, offset=0, limit=4, include_tokens=True)
+    assert [r["stimulus_id"] for r in served.rows] == [0, 1, 2, 3]
+    assert served.tokens["response_token_ids"] == [None, None, [2, 7], [3, 7]]
+    assert part.rows == 4 and len(store.storage.fs.ls(f"{job.folder}/parts")) == 3  # 2 chunks + 1 compacted

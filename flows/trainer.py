@@ -15,6 +15,7 @@ Only the response positions' hidden states go through the output layer, so no
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
@@ -141,8 +142,9 @@ class Trainer:
             positions += [(i, len(c) + j - 1) for j in range(len(r))]
         causal_lm = self.model.get_base_model()
         device, autocast = self.device.device, self.device.autocast_dtype
-        with torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, autocast or "float32"),
-                            enabled=autocast is not None):
+        precision = (torch.autocast(device_type="cuda", dtype=getattr(torch, autocast)) if autocast
+                     else contextlib.nullcontext())
+        with precision:
             hidden = causal_lm.model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
             rows, cols = zip(*positions, strict=True) if positions else ((), ())
             return causal_lm.lm_head(hidden[list(rows), list(cols)])

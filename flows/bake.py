@@ -5,7 +5,7 @@
 Data comes from the dataset targets' rollouts through the same page reader the API serves (pages
 of at most 1000 rows, one page per dataset held at a time). A bake is a job like stim and rollout
 (claims, lease, heartbeat, manifest: repo_store.jobs): a second start returns the running bake, a
-killed one resumes from its last checkpoint with optimizer, RNGs and data position, so the steps
+killed one resumes from its last checkpoint with optimizer, schedule, RNGs and data position, so the steps
 after the resume point are the steps an uninterrupted bake takes, and no step is logged twice.
 """
 
@@ -65,7 +65,7 @@ def run_bake(
             result = training.trainer.step(micro_batches)
             attempt.touch()
             if step % bake.config.train_log_iter_interval == 0 or step == training.total_steps:
-                pending.append(_metrics_row(step, step / training.steps_per_epoch, result, training.trainer))
+                pending.append(_metrics_row(step, step / training.steps_per_epoch, result))
                 run.write_live(attempt.gen, {"step": step, "total_steps": training.total_steps, "loss": result.loss})
             progress.update(100.0 * step / training.total_steps)
             if _checkpoint_due(bake.config, step, training.total_steps):
@@ -114,7 +114,8 @@ class _Training:
         self.selection = select_trajectories(lines, [d.weight for d in config.datasets], config.total_trajectories, config.seed)
         self.steps_per_epoch = math.ceil(len(self.selection) / (config.micro_batch_size * config.gradient_accumulation_steps))
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.trainer = Trainer(model_folder(workspace, parent), config, parent_model=parent, rank=rank, world=world)
+        self.trainer = Trainer(model_folder(workspace, parent), config, parent_model=parent,
+                               total_steps=self.total_steps, rank=rank, world=world)
 
     @classmethod
     def prepare(cls, workspace: Workspace, repo_name: str, bake_name: str, *, rank: int, world: int) -> _Training:
@@ -168,9 +169,9 @@ class _PageReader:
         return self.pages[dataset][1][index % MAX_PAGE_LIMIT]
 
 
-def _metrics_row(step: int, epoch: float, result, trainer) -> dict[str, Any]:
+def _metrics_row(step: int, epoch: float, result) -> dict[str, Any]:
     return {"iter": step, "loss": result.loss, "train_loss": result.loss, "kl_per_token": result.loss,
-            "top1_agreement": result.top1_agreement, "lr": trainer.learning_rate, "epoch": epoch,
+            "top1_agreement": result.top1_agreement, "lr": result.learning_rate, "epoch": epoch,
             "tokens": result.tokens, "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
             "grad_norm": result.grad_norm}
 

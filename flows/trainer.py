@@ -52,6 +52,7 @@ class StepResult:
     tokens: int
     grad_norm: float
     seconds: float
+    learning_rate: float  # the rate this step used (the schedule moves on after it)
 
 
 class Trainer:
@@ -59,7 +60,8 @@ class Trainer:
     every process sees every example of a step and computes its slice (`rank::world`); gradients and
     sums are added over the group, so each step equals the single-process step."""
 
-    def __init__(self, model_path: str, config: BakeConfig, *, parent_model: str | None = None, rank: int = 0, world: int = 1):
+    def __init__(self, model_path: str, config: BakeConfig, *, parent_model: str | None = None, total_steps: int = 1,
+                 rank: int = 0, world: int = 1):
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -88,6 +90,10 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         opt = config.optimizer
         self.optimizer = torch.optim.AdamW(self.params, lr=opt.learning_rate, betas=opt.betas, weight_decay=opt.weight_decay)
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(config.scheduler.name, self.optimizer, num_warmup_steps=config.scheduler.warmup_steps,
+                                       num_training_steps=max(total_steps, 1))
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -191,9 +197,11 @@ class Trainer:
         if self.world > 1:
             total_kl, agree = self._sum_over_processes(total_kl, agree)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm=1.0).item() if tokens else 0.0
+        learning_rate = self.learning_rate
         self.optimizer.step()
+        self.scheduler.step()
         return StepResult(total_kl / max(tokens, 1), agree / max(tokens, 1), tokens, grad_norm,
-                          time.perf_counter() - started)
+                          time.perf_counter() - started, learning_rate)
 
     def _sum_over_processes(self, *values: float) -> list[float]:
         """Add every process's gradients (each already divided by the step's global token count)
@@ -217,7 +225,7 @@ class Trainer:
 
     def checkpoint_files(self, step: int, parent_model: str) -> dict[str, bytes]:
         """The adapter as peft saves it (loadable with `PeftModel.from_pretrained`) and the
-        training state a resume needs: optimizer, RNGs and the step (the data cursor)."""
+        training state a resume needs: optimizer, learning-rate schedule, RNGs and the step (the data cursor)."""
         with tempfile.TemporaryDirectory() as folder:
             self.model.save_pretrained(folder)
             files = {name: open(os.path.join(folder, name), "rb").read() for name in ADAPTER_FILES}
@@ -226,7 +234,8 @@ class Trainer:
         files["adapter_config.json"] = json.dumps(adapter_config, indent=2).encode()
         files[ADAPTER_ARCHIVE] = _tar_gz({name: files[name] for name in ADAPTER_FILES})
         state = io.BytesIO()
-        torch.save({"step": step, "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+        torch.save({"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
                     "python_rng": random.getstate()}, state)
         files[STATE_FILE] = state.getvalue()
         return files
@@ -239,6 +248,8 @@ class Trainer:
         set_peft_model_state_dict(self.model, load(files["adapter_model.safetensors"]))
         state = torch.load(io.BytesIO(files[STATE_FILE]), weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:  # checkpoints from before schedules were kept start at a constant rate
+            self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
         return int(state["step"])

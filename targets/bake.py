@@ -57,6 +57,9 @@ class OptimizerConfig(_Open):
 class SchedulerConfig(_Open):
     type: str | None = "huggingface"
     lr: float | None = None
+    # bakehouse extensions: a transformers learning-rate schedule over the bake's steps.
+    name: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
 
     @field_validator("lr")
     @classmethod

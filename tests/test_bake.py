@@ -80,10 +80,12 @@ def test_a_checkpoint_is_a_peft_adapter_that_loads_on_the_base_model(local_store
     assert lora  # trained: lora_B starts at zero
 
 
-def test_a_bake_stopped_mid_way_resumes_to_the_same_losses_with_no_step_twice(local_store):
+@pytest.mark.parametrize("scheduler", [{}, {"name": "linear", "warmup_steps": 2}])
+def test_a_bake_stopped_mid_way_resumes_to_the_same_losses_with_no_step_twice(local_store, scheduler):
     ws = baked_workspace(local_store)
-    ws.create_bake("r", BakeSpec(bake_name="whole", overrides=BAKE))
-    ws.create_bake("r", BakeSpec(bake_name="resumed", overrides={**BAKE, "seed": 42}))
+    config = {**BAKE, "scheduler": scheduler}
+    ws.create_bake("r", BakeSpec(bake_name="whole", overrides=config))
+    ws.create_bake("r", BakeSpec(bake_name="resumed", overrides={**config, "seed": 42}))
     run_bake(ws, "r", "whole")
     stopped = run_bake(ws, "r", "resumed", stop_after_step=3)  # step 3 is logged, never checkpointed
     assert stopped.status != "complete"
@@ -92,6 +94,11 @@ def test_a_bake_stopped_mid_way_resumes_to_the_same_losses_with_no_step_twice(lo
     resumed = list(ws.bake_run("r", ws.get_bake("r", "resumed")).iter_metrics())
     assert [m["iter"] for m in resumed] == [m["iter"] for m in whole] == list(range(1, 7))
     assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in whole], abs=1e-6)
+    assert [m["lr"] for m in resumed] == pytest.approx([m["lr"] for m in whole])  # the schedule resumed too
+    if scheduler:  # warm-up over 2 steps, then down to 0 at the end: 0, 1/2, 1, 3/4, 1/2, 1/4 of the rate
+        assert [m["lr"] / 5e-3 for m in whole] == pytest.approx([0, 0.5, 1, 0.75, 0.5, 0.25])
+    else:
+        assert {m["lr"] for m in whole} == {5e-3}
 
 
 def test_bake_before_the_rollout_completes_is_refused(local_store):

@@ -101,6 +101,10 @@ def _job_path(kind: str, target_name: str, repo_name: str) -> str:
     return f"/v1/repo/{repo_name}/targets/{target_name}/{kind}"
 
 
+def _output_params(limit: int, offset: int, include_logprobs: bool) -> dict[str, Any]:
+    return {"limit": limit, "offset": offset, **({"include": "logprobs"} if include_logprobs else {})}
+
+
 def _check_first_page(page: dict[str, Any], where: str, allow_partial: bool) -> None:
     if page["status"] != "complete" and not allow_partial:
         raise JobNotComplete(f"{where} is {page['status']} ({page['lines']} rows so far); "
@@ -303,17 +307,21 @@ class Job(_Resource):
         """Stop the job; finished rows stay readable and a later `run` resumes from them."""
         return self._client.request("POST", f"{self._path(target_name, repo_name)}/cancel")
 
-    def get_output(self, target_name: str, *, repo_name: str, limit: int = 100, offset: int = 0) -> dict[str, Any]:
+    def get_output(self, target_name: str, *, repo_name: str, limit: int = 100, offset: int = 0,
+                   include_logprobs: bool = False) -> dict[str, Any]:
+        """One page of rows; `include_logprobs` adds each rollout row's `response_token_ids`,
+        `teacher_top_ids` and `teacher_top_logprobs`."""
         return self._client.request("GET", f"{self._path(target_name, repo_name)}/output",
-                                    params={"limit": limit, "offset": offset})
+                                    params=_output_params(limit, offset, include_logprobs))
 
     def iter_output(self, target_name: str, *, repo_name: str, page_size: int = 1000,
-                    allow_partial: bool = False) -> Iterator[dict[str, Any]]:
+                    allow_partial: bool = False, include_logprobs: bool = False) -> Iterator[dict[str, Any]]:
         """Every row, page by page. Raises JobNotComplete unless the job is complete or
         `allow_partial` (then: the rows committed so far, which never shift as the job grows)."""
         offset = 0
         while True:
-            page = self.get_output(target_name, repo_name=repo_name, limit=page_size, offset=offset)
+            page = self.get_output(target_name, repo_name=repo_name, limit=page_size, offset=offset,
+                                   include_logprobs=include_logprobs)
             if offset == 0:
                 _check_first_page(page, f"{self.kind} of {repo_name}/{target_name}", allow_partial)
             yield from page["output"]
@@ -528,15 +536,16 @@ class AsyncJob(_AsyncResource):
         return await self._client.request("POST", f"{_job_path(self.kind, target_name, repo_name)}/cancel")
 
     async def get_output(self, target_name: str, *, repo_name: str, limit: int = 100,
-                         offset: int = 0) -> dict[str, Any]:
+                         offset: int = 0, include_logprobs: bool = False) -> dict[str, Any]:
         return await self._client.request("GET", f"{_job_path(self.kind, target_name, repo_name)}/output",
-                                          params={"limit": limit, "offset": offset})
+                                          params=_output_params(limit, offset, include_logprobs))
 
     async def iter_output(self, target_name: str, *, repo_name: str, page_size: int = 1000,
-                          allow_partial: bool = False) -> AsyncIterator[dict[str, Any]]:
+                          allow_partial: bool = False, include_logprobs: bool = False) -> AsyncIterator[dict[str, Any]]:
         offset = 0
         while True:
-            page = await self.get_output(target_name, repo_name=repo_name, limit=page_size, offset=offset)
+            page = await self.get_output(target_name, repo_name=repo_name, limit=page_size, offset=offset,
+                                         include_logprobs=include_logprobs)
             if offset == 0:
                 _check_first_page(page, f"{self.kind} of {repo_name}/{target_name}", allow_partial)
             for row in page["output"]:

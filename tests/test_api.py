@@ -129,6 +129,9 @@ def test_whole_flow_through_our_sdk(api):
         assert all(len(r["teacher_top_ids"]) == len(r["response_token_ids"]) for r in page["output"])
         refused = http.get("/v1/repo/ours/targets/t/rollout/output", params={"include": "everything"})
         assert refused.status_code == 422 and "include" in refused.json()["message"]
+    with_tokens = list(c.targets.rollout.iter_output("t", repo_name="ours", page_size=7, include_logprobs=True))
+    assert [len(r["response_token_ids"]) for r in with_tokens] == [r["response"]["usage"]["completion_tokens"] for r in rows]
+    assert all("response_token_ids" not in r for r in rows)  # Bread's rows unless asked
     typed = c.targets.rollout.scan_parquet("t", repo_name="ours").sort("stimulus_id", "trajectory_id").collect()
     assert typed.height == 24 and typed["response"].struct.field("content").to_list() == [r["response"]["content"] for r in rows]
     assert typed["question"].to_list()[0] == QUESTIONS[0]
@@ -166,6 +169,8 @@ async def test_whole_flow_through_our_async_sdk(api):
         rollout = await c.targets.rollout.run("t", repo_name="async", timeout=180, on_progress=seen.append)
         assert (rollout["status"], rollout["lines"]) == ("complete", 24) and seen[-1] == rollout
         rows = [row async for row in c.targets.rollout.iter_output("t", repo_name="async", page_size=7)]
+        tokens = [row async for row in c.targets.rollout.iter_output("t", repo_name="async", include_logprobs=True)]
+        assert len(tokens) == 24 and all(len(r["teacher_top_ids"]) == len(r["response_token_ids"]) > 0 for r in tokens)
         assert [(r["stimulus_id"], r["trajectory_id"]) for r in rows] == [(s, t) for s in range(12) for t in range(2)]
         training = [row async for row in c.targets.rollout.iter_training_rows("t", repo_name="async")]
         assert len(training) == 24 and training[0]["teacher_messages"][-1]["role"] == "assistant"

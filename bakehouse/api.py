@@ -2,21 +2,28 @@
 
 import json
 import os
+from datetime import datetime, timezone
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from sse_starlette import EventSourceResponse
 from starlette.routing import Match
 
 from bakehouse import schemas as s
 from bakehouse.bake_routes import add_bake_routes
-from bakehouse.limits import BodySizeLimit, RateLimiter, retry_after_header
+from bakehouse.events import JobWatches, job_events
+from bakehouse.job_index import JobFilter, JobIndex
+from bakehouse.limits import BodySizeLimit, RateLimiter, RateLimitHeaders, retry_after_header
 from bakehouse.runner import LocalRunner
-from bakehouse.service import Runner, Service
+from bakehouse.service import JobReport, Runner, Service
+from bakehouse.usage import UsageRecorder
 from repo_store import MAX_PAGE_LIMIT, ApiKey, JobStatus, Store
 from repo_store.downloads import LinkRefused
 from targets import BakehouseError, Conflict, InvalidInput, NotFound, ValidationFailed
@@ -58,10 +65,24 @@ def create_app(
     rate_limit_per_hour: int | None = None,
 ) -> FastAPI:
     """The API over `store`. Limits default to BAKEHOUSE_MAX_BODY_BYTES (10 MB) and
-    BAKEHOUSE_RATE_LIMIT_PER_HOUR (36,000 requests per key, bursts included)."""
+    BAKEHOUSE_RATE_LIMIT_PER_HOUR (36,000 requests per key, bursts included). Key usage is written
+    to storage every BAKEHOUSE_USAGE_FLUSH_SECONDS (5) while the app runs, and at its shutdown."""
     runner = runner or LocalRunner(store.url)
-    app = FastAPI(title="bakehouse (Bread-compatible API)", version=VERSION)
+    usage = UsageRecorder(store.keys, flush_every=float(os.environ.get("BAKEHOUSE_USAGE_FLUSH_SECONDS", 5)))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        usage.start()
+        try:
+            yield
+        finally:
+            usage.close()
+
+    app = FastAPI(title="bakehouse (Bread-compatible API)", version=VERSION, lifespan=lifespan)
     app.state.runner = runner
+    job_index = app.state.job_index = JobIndex(store, runner)
+    app.state.usage = usage
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes or int(os.environ.get("BAKEHOUSE_MAX_BODY_BYTES", 10_000_000)))
     limiter = RateLimiter(rate_limit_per_hour or int(os.environ.get("BAKEHOUSE_RATE_LIMIT_PER_HOUR", 36_000)))
     bearer = HTTPBearer(auto_error=False)
@@ -101,6 +122,7 @@ def create_app(
 
     def authenticate(needed: str):
         def dependency(
+            request: Request,
             credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         ) -> ApiKey:
             if credentials is None:
@@ -108,21 +130,24 @@ def create_app(
             key = store.keys.verify(credentials.credentials)
             if key is None:
                 raise AuthError(401, "Invalid API key", "UNAUTHORIZED")
+            usage.record(key.key_id)
+            # Every authenticated request costs a token, refused ones too, and its response tells
+            # the figures (RateLimitHeaders adds them, also to error responses raised from here on).
+            allowance = request.state.rate_limit = limiter.take(key.key_id)
+            if allowance.wait:
+                raise AuthError(429, "Too many requests for this key; slow down", "RATE_LIMITED",
+                                headers={"Retry-After": retry_after_header(allowance.wait)})
             if not key.allows(needed):
                 raise AuthError(403, f"This key has '{key.scope}' scope; this needs '{needed}'", "FORBIDDEN")
-            wait = limiter.take(key.key_id)
-            if wait:
-                raise AuthError(429, "Too many requests for this key; slow down", "RATE_LIMITED",
-                                headers={"Retry-After": retry_after_header(wait)})
             return key
 
         return dependency
 
     def reader(key: Annotated[ApiKey, Depends(authenticate("read"))]) -> Service:
-        return Service(store.workspace(key.workspace), runner)
+        return Service(store.workspace(key.workspace), runner, job_index)
 
     def writer(key: Annotated[ApiKey, Depends(authenticate("write"))]) -> Service:
-        return Service(store.workspace(key.workspace), runner)
+        return Service(store.workspace(key.workspace), runner, job_index)
 
     Read = Annotated[Service, Depends(reader)]
     Write = Annotated[Service, Depends(writer)]
@@ -134,12 +159,36 @@ def create_app(
         description="bakehouse extension: `logprobs` adds each rollout row's `response_token_ids`, "
                     "`teacher_top_ids` and `teacher_top_logprobs` (null where not recorded)")]
 
+    LastEventId = Annotated[str | None, Header(description="Resume an event stream after this event id")]
+    watches = app.state.watches = JobWatches()
+
     v1 = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
     EXISTED: dict[int | str, dict[str, Any]] = {200: {"description": "Already existed with identical content"}}
 
     @v1.get("/health", response_model=s.HealthResponse, tags=["health"], responses={500: ERROR_RESPONSES[500]})
     def health() -> s.HealthResponse:
         return s.HealthResponse(status="healthy", version=VERSION)
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    @v1.get("/jobs", response_model=s.JobList, tags=["jobs"],
+            description="bakehouse extension: every stim, rollout and bake job of the key's workspace, newest first.")
+    def list_jobs(
+        service: Read,
+        repo: Annotated[str | None, Query(description="Only this repo's jobs")] = None,
+        target: Annotated[str | None, Query(description="Only this target's stim and rollout")] = None,
+        bake: Annotated[str | None, Query(description="Only this bake")] = None,
+        kind: Literal["stim", "rollout", "bake"] | None = None,
+        status: Literal["not_started", "running", "complete", "failed"] | None = None,
+        created_after: Annotated[datetime | None, Query(description="ISO 8601; inclusive")] = None,
+        created_before: Annotated[datetime | None, Query(description="ISO 8601; exclusive")] = None,
+        offset: Offset = 0,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        user_id: UserId = None,
+    ):
+        where = JobFilter(repo, target, bake, kind, status, _unix(created_after), _unix(created_before))
+        total, entries = service.list_jobs(where, offset=offset, limit=limit)
+        return s.JobList(total=total, offset=offset, limit=limit, jobs=[s.listed_job(e) for e in entries])
 
     # -- repos -----------------------------------------------------------------------------------
 
@@ -236,6 +285,17 @@ def create_app(
         v1.add_api_route("/repo/{repo_name}/targets/batch", batch_targets, methods=[method], deprecated=deprecated,
                          response_model=s.BatchResponse, tags=["targets"], name=f"batch_targets_{method.lower()}")
 
+    @v1.post("/repo/{repo_name}/targets/validate", response_model=s.ValidationReport, tags=["targets"],
+             description="bakehouse extension: check a create body (resolved against its template) and show "
+                         "sample stimuli and estimates; creates nothing.")
+    def validate_target(repo_name: str, body: dict[str, Any], service: Read, user_id: UserId = None):
+        return service.validate_target(repo_name, body)
+
+    @v1.post("/repo/{repo_name}/bakes/validate", response_model=s.ValidationReport, tags=["bakes"],
+             description="bakehouse extension: check a bake create body and estimate its steps; creates nothing.")
+    def validate_bake(repo_name: str, body: dict[str, Any], service: Read, user_id: UserId = None):
+        return service.validate_bake(repo_name, body)
+
     @v1.get("/repo/{repo_name}/targets/{target_name}", response_model=s.TargetResponse, tags=["targets"])
     def get_target(repo_name: str, target_name: str, service: Read, user_id: UserId = None):
         return _target(service.ws.get_target(repo_name, target_name))
@@ -261,10 +321,15 @@ def create_app(
             "job_id": status.attempt,
             "progress_percent": status.progress_percent,
             "summary": status.summary or None,
+            **s.observed(status),
         }
         if kind == "rollout":
             body["total_expected"] = status.total_expected
         return body
+
+    def _report(report: JobReport, kind: str) -> dict[str, Any]:
+        return {**_job(report.status, report.config, kind), "stats": report.stats,
+                "status_events": [e.to_json() for e in report.events if e.kind == "status"]}
 
     for kind, Status, Output in (
         ("stim", s.StimResponse, s.StimOutputResponse),
@@ -277,16 +342,36 @@ def create_app(
             @v1.post(path, response_model=Status, tags=[kind], name=f"run_{kind}",
                      description=f"Start the {kind} job (no body). Repeating it returns the current job.")
             def run(repo_name: str, target_name: str, service: Write, user_id: UserId = None):
-                return _job(*service.start_job(repo_name, target_name, kind), kind)
+                return _report(service.start_job(repo_name, target_name, kind), kind)
 
             @v1.post(f"{path}/cancel", response_model=Status, tags=[kind], name=f"cancel_{kind}",
                      description=f"bakehouse extension: stop the {kind} job, keeping its finished rows.")
             def cancel(repo_name: str, target_name: str, service: Write, user_id: UserId = None):
-                return _job(*service.cancel_job(repo_name, target_name, kind), kind)
+                return _report(service.cancel_job(repo_name, target_name, kind), kind)
 
             @v1.get(path, response_model=Status, tags=[kind], name=f"get_{kind}")
             def get(repo_name: str, target_name: str, service: Read, user_id: UserId = None):
-                return _job(*service.job_status(repo_name, target_name, kind), kind)
+                return _report(service.job_status(repo_name, target_name, kind), kind)
+
+            @v1.delete(path, response_model=s.JobOutputDeleteResponse, tags=[kind], name=f"delete_{kind}",
+                       description=f"bakehouse extension: remove the {kind} job's output (all its files) so that it "
+                                   "can be made anew. Refused while the job runs or is queued, and while something reads "
+                                   "it: the rollout reads the stim, a running bake its dataset rollouts.")
+            def delete(repo_name: str, target_name: str, service: Write, user_id: UserId = None):
+                deleted = service.delete_job_output(repo_name, target_name, kind)
+                return s.JobOutputDeleteResponse(
+                    message=f"Deleted the {kind} output of target '{target_name}'",
+                    deleted=s.DeletedCounts(lines=deleted.lines, files=deleted.files),
+                )
+
+            @v1.get(f"{path}/events", tags=[kind], name=f"get_{kind}_events", response_class=EventSourceResponse,
+                    responses={200: {"content": {"text/event-stream": {}}, "description": EVENTS_DESCRIPTION}},
+                    description=f"bakehouse extension: the {kind} job's live events (Server-Sent Events).")
+            def events(repo_name: str, target_name: str, service: Read, last_event_id: LastEventId = None,
+                       user_id: UserId = None):
+                watch = watches.watch(service.job_watch_key(repo_name, target_name, kind),
+                                      lambda: service.job_snapshot(repo_name, target_name, kind))
+                return EventSourceResponse(job_events(watch, _event_position(last_event_id)), ping=15)
 
             @v1.get(f"{path}/parquet", response_model=s.ParquetParts, tags=[kind], name=f"get_{kind}_parquet",
                     description=f"bakehouse extension: the storage URLs of the {kind} job's Parquet parts (the "
@@ -311,6 +396,16 @@ def create_app(
 
     add_bake_routes(v1, Read, Write, UserId, EXISTED)
 
+    @v1.get("/repo/{repo_name}/bakes/{bake_name}/events", tags=["bakes"], name="get_bake_events",
+            response_class=EventSourceResponse,
+            responses={200: {"content": {"text/event-stream": {}}, "description": EVENTS_DESCRIPTION}},
+            description="bakehouse extension: the bake's live events (Server-Sent Events): step and loss as it trains.")
+    def bake_events(repo_name: str, bake_name: str, service: Read, last_event_id: LastEventId = None,
+                    user_id: UserId = None):
+        watch = watches.watch(service.bake_watch_key(repo_name, bake_name),
+                              lambda: service.bake_snapshot(repo_name, bake_name))
+        return EventSourceResponse(job_events(watch, _event_position(last_event_id)), ping=15)
+
     @v1.get("/downloads/{token}", tags=["bakes"], response_class=Response,
             responses={200: {"content": {"application/gzip": {}}}, 403: ERROR_RESPONSES[403]},
             description="A file behind a signed, expiring link from `.../download` (no API key: the link is the key).")
@@ -326,6 +421,25 @@ def create_app(
         return Response(data, media_type="application/gzip", headers={"Content-Disposition": f'attachment; filename="{name}"'})
     app.include_router(v1)
     return app
+
+
+EVENTS_DESCRIPTION = (
+    "`text/event-stream`. Events: `progress` (status, phase, lines, progress_percent; bakes: step, total_steps, "
+    "loss), `status` (each status or phase change: status, phase, timestamp, note), `log` (message, timestamp). "
+    "A finished job replays its timeline and the stream ends; otherwise it ends after the final status. "
+    "Timeline events carry ids: reconnect with `Last-Event-ID` to continue after one.")
+
+
+def _unix(moment: datetime | None) -> float | None:
+    """A query's datetime as Unix seconds (one without a zone is UTC)."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _event_position(last_event_id: str | None) -> int | None:
+    """The timeline position a reconnecting client saw last (an id it cannot have got is ignored)."""
+    return int(last_event_id) if last_event_id and last_event_id.isdigit() else None
 
 
 def app_from_env() -> FastAPI:

@@ -23,7 +23,7 @@ def add_bake_routes(v1: APIRouter, Read: Any, Write: Any, UserId: Any, existed: 
             bake_name=bake.bake_name, status=status.status, lines=None,
             config=bake.config.model_dump(mode="json", exclude_none=True), error=status.error,
             job_id=status.attempt, progress_percent=status.progress_percent, summary=status.summary or None,
-            **figures,
+            **s.observed(status), **figures,
         )
 
     @v1.get(path, response_model=s.BakeList, tags=["bakes"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -164,6 +165,36 @@ def keys_list(data: Optional[str] = DataOption) -> None:
 
     for key in Store(data).keys.list():
         typer.echo(f"{key.key_id}\t{key.workspace}\t{key.scope}\t{key.name}")
+
+
+@keys_app.command("usage")
+def keys_usage(
+    key_id: Optional[str] = typer.Argument(None, help="A key's id: its requests per hour instead of one line per key."),
+    data: Optional[str] = DataOption,
+) -> None:
+    """Requests in the last 24 hours and when last used: per key (id, workspace, scope, requests, last
+    used), or per hour for one key. Running servers write their counts every few seconds."""
+    from repo_store import Store
+
+    keys = Store(data).keys
+    since = time.time() - 23 * 3600  # the current UTC hour and the 23 before it
+    if key_id is None:
+        for key in keys.list():
+            usage = keys.read_usage(key.key_id, since)
+            typer.echo(f"{key.key_id}\t{key.workspace}\t{key.scope}\t{usage.requests}\t{_utc(usage.last_used)}")
+        return
+    try:
+        keys.get(key_id)
+    except KeyError as error:
+        _fail(Exception(error.args[0]))
+    usage = keys.read_usage(key_id, since)
+    for hour, requests in usage.requests_per_hour.items():
+        typer.echo(f"{hour[:4]}-{hour[4:6]}-{hour[6:8]} {hour[8:]}:00 UTC\t{requests}")
+    typer.echo(f"last used\t{_utc(usage.last_used)}")
+
+
+def _utc(at: float | None) -> str:
+    return "never" if at is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
 
 
 # -- through the API -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -133,6 +134,99 @@ def _poll(first: dict[str, Any], fetch: Callable[[], dict[str, Any]], *, in_prog
     if on_progress:
         on_progress(job)
     return _settle(job, raise_on_failure)
+
+
+class _EventParser:
+    """Server-Sent Events from a stream's lines: (event name, JSON data) at each blank line."""
+
+    def __init__(self) -> None:
+        self._event, self._data = "message", []
+
+    def feed(self, line: str) -> tuple[str, Any] | None:
+        if not line:
+            event, data = self._event, self._data
+            self._event, self._data = "message", []
+            return (event, json.loads("\n".join(data))) if data else None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        return None  # ids, retries and ": ping" comments: nothing to act on here
+
+
+STREAM_READ_TIMEOUT = 40.0  # the server pings every 15 s; silence past this means the stream is stuck
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    return response.status_code == 200 and response.headers.get("content-type", "").startswith("text/event-stream")
+
+
+def _remaining(deadline: float | None) -> float:
+    return STREAM_READ_TIMEOUT if deadline is None else max(0.1, min(STREAM_READ_TIMEOUT, deadline - time.monotonic()))
+
+
+def _stream(http: httpx.Client, path: str, job: dict[str, Any], deadline: float | None,
+            on_progress: Callable[[dict[str, Any]], None] | None) -> None:
+    """Follow a job's event stream until the server ends it, showing each `progress` event. Any
+    trouble (an older server without the endpoint, a proxy that blocks streaming, a stuck
+    connection) ends it quietly: the caller polls from there."""
+    parser = _EventParser()
+    try:
+        with http.stream("GET", path, timeout=httpx.Timeout(10.0, read=_remaining(deadline))) as response:
+            if not _is_event_stream(response):
+                return
+            for line in response.iter_lines():
+                event = parser.feed(line)
+                if event and event[0] == "progress" and on_progress:
+                    on_progress({**job, **event[1]})
+                if deadline is not None and time.monotonic() > deadline:
+                    return
+    except (httpx.TransportError, ValueError):
+        return
+
+
+async def _astream(http: httpx.AsyncClient, path: str, job: dict[str, Any], deadline: float | None,
+                   on_progress: Callable[[dict[str, Any]], None] | None) -> None:
+    """`_stream` for AsyncClient."""
+    parser = _EventParser()
+    try:
+        async with http.stream("GET", path, timeout=httpx.Timeout(10.0, read=_remaining(deadline))) as response:
+            if not _is_event_stream(response):
+                return
+            async for line in response.aiter_lines():
+                event = parser.feed(line)
+                if event and event[0] == "progress" and on_progress:
+                    on_progress({**job, **event[1]})
+                if deadline is not None and time.monotonic() > deadline:
+                    return
+    except (httpx.TransportError, ValueError):
+        return
+
+
+def _follow(http: httpx.Client, events_path: str, first: dict[str, Any], fetch: Callable[[], dict[str, Any]], *,
+            timeout: float | None, on_progress: Callable[[dict[str, Any]], None] | None, **poll: Any) -> dict[str, Any]:
+    """Wait for a job: over its event stream while the server streams, then (or instead) by polling."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    job = first
+    if job["status"] in poll["in_progress"]:
+        _stream(http, events_path, job, deadline, on_progress)
+        job = fetch()
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    return _poll(job, fetch, timeout=left, on_progress=on_progress, **poll)
+
+
+async def _afollow(http: httpx.AsyncClient, events_path: str, first: dict[str, Any], fetch: Callable[[], Any], *,
+                   timeout: float | None, on_progress: Callable[[dict[str, Any]], None] | None, **poll: Any) -> dict[str, Any]:
+    """`_follow` for AsyncClient."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    job = first
+    if job["status"] in poll["in_progress"]:
+        await _astream(http, events_path, job, deadline, on_progress)
+        job = await fetch()
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    return await _apoll(job, fetch, timeout=left, on_progress=on_progress, **poll)
 
 
 async def _apoll(first: dict[str, Any], fetch: Callable[[], Any], *, in_progress: tuple[str, ...], what: str,
@@ -295,10 +389,13 @@ class Job(_Resource):
     def wait(self, target_name: str, *, repo_name: str, job: dict[str, Any] | None = None,
              poll_interval: float | None = None, timeout: float | None = None, raise_on_failure: bool = True,
              on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        return _poll(job or self.get(target_name, repo_name=repo_name), lambda: self.get(target_name, repo_name=repo_name),
-                     in_progress=IN_PROGRESS, what=f"{self.kind} of {repo_name}/{target_name}",
-                     poll_interval=poll_interval or self._client.poll_interval, timeout=timeout,
-                     raise_on_failure=raise_on_failure, on_progress=on_progress)
+        """Wait until the job leaves the running states, following its event stream (polling where
+        the server or a proxy does not stream)."""
+        return _follow(self._client._http, f"{self._path(target_name, repo_name)}/events",
+                       job or self.get(target_name, repo_name=repo_name), lambda: self.get(target_name, repo_name=repo_name),
+                       in_progress=IN_PROGRESS, what=f"{self.kind} of {repo_name}/{target_name}",
+                       poll_interval=poll_interval or self._client.poll_interval, timeout=timeout,
+                       raise_on_failure=raise_on_failure, on_progress=on_progress)
 
     def get(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
         return self._client.request("GET", self._path(target_name, repo_name))
@@ -389,9 +486,10 @@ class Bakes(_Resource):
         bake = self._client.request("POST", self._path(repo_name, bake_name))
         if not poll:
             return bake
-        return _poll(bake, lambda: self.get(bake_name, repo_name=repo_name), in_progress=BAKE_IN_PROGRESS,
-                     what=f"bake {repo_name}/{bake_name}", poll_interval=poll_interval or self._client.poll_interval,
-                     timeout=timeout, raise_on_failure=raise_on_failure, on_progress=on_progress)
+        return _follow(self._client._http, f"{self._path(repo_name, bake_name)}/events", bake,
+                       lambda: self.get(bake_name, repo_name=repo_name), in_progress=BAKE_IN_PROGRESS,
+                       what=f"bake {repo_name}/{bake_name}", poll_interval=poll_interval or self._client.poll_interval,
+                       timeout=timeout, raise_on_failure=raise_on_failure, on_progress=on_progress)
 
     def download(self, bake_name: str, *, repo_name: str, checkpoint: int | None = None,
                  expires_in: int | None = None) -> dict[str, Any]:
@@ -523,11 +621,12 @@ class AsyncJob(_AsyncResource):
     async def wait(self, target_name: str, *, repo_name: str, job: dict[str, Any] | None = None,
                    poll_interval: float | None = None, timeout: float | None = None, raise_on_failure: bool = True,
                    on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        return await _apoll(job or await self.get(target_name, repo_name=repo_name),
-                            lambda: self.get(target_name, repo_name=repo_name), in_progress=IN_PROGRESS,
-                            what=f"{self.kind} of {repo_name}/{target_name}",
-                            poll_interval=poll_interval or self._client.poll_interval, timeout=timeout,
-                            raise_on_failure=raise_on_failure, on_progress=on_progress)
+        return await _afollow(self._client._http, f"{_job_path(self.kind, target_name, repo_name)}/events",
+                              job or await self.get(target_name, repo_name=repo_name),
+                              lambda: self.get(target_name, repo_name=repo_name), in_progress=IN_PROGRESS,
+                              what=f"{self.kind} of {repo_name}/{target_name}",
+                              poll_interval=poll_interval or self._client.poll_interval, timeout=timeout,
+                              raise_on_failure=raise_on_failure, on_progress=on_progress)
 
     async def get(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
         return await self._client.request("GET", _job_path(self.kind, target_name, repo_name))
@@ -586,9 +685,10 @@ class AsyncBakes(_AsyncResource):
         bake = await self._client.request("POST", _bake_path(repo_name, bake_name))
         if not poll:
             return bake
-        return await _apoll(bake, lambda: self.get(bake_name, repo_name=repo_name), in_progress=BAKE_IN_PROGRESS,
-                            what=f"bake {repo_name}/{bake_name}", poll_interval=poll_interval or self._client.poll_interval,
-                            timeout=timeout, raise_on_failure=raise_on_failure, on_progress=on_progress)
+        return await _afollow(self._client._http, f"{_bake_path(repo_name, bake_name)}/events", bake,
+                              lambda: self.get(bake_name, repo_name=repo_name), in_progress=BAKE_IN_PROGRESS,
+                              what=f"bake {repo_name}/{bake_name}", poll_interval=poll_interval or self._client.poll_interval,
+                              timeout=timeout, raise_on_failure=raise_on_failure, on_progress=on_progress)
 
     async def cancel(self, bake_name: str, *, repo_name: str) -> dict[str, Any]:
         return await self._client.request("POST", f"{_bake_path(repo_name, bake_name)}/cancel")

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from repo_store import JobStatus
 
@@ -82,13 +82,13 @@ class LocalRunner:
                 submission.process.kill()
                 submission.process.wait()
             if submission.cancelled:
-                return JobStatus("failed", status.lines, status.total_expected, status.progress_percent, "cancelled", status.attempt)
+                return replace(status, status="failed", error="cancelled", phase="failed")
             if submission.alive:
-                return JobStatus("not_started", status.lines, status.total_expected, status.progress_percent, None, status.attempt)
+                return queued(status)
             code = submission.process.returncode
             if code != 0:
                 error = f"the worker exited with code {code} before starting the job; see the server log"
-                return JobStatus("failed", status.lines, status.total_expected, status.progress_percent, error, status.attempt)
+                return replace(status, status="failed", error=error, phase="failed")
             return status
 
     def active(self, ref: JobRef) -> bool:
@@ -125,6 +125,11 @@ class LocalRunner:
                     submission.process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     submission.process.kill()
+
+
+def queued(status: JobStatus) -> JobStatus:
+    """Started but not claimed yet: storage still shows the previous attempt (or nothing)."""
+    return replace(status, status="not_started", error=None, phase="queued", stalled=False)
 
 
 def _claimed_since(submission: Submission, status: JobStatus) -> bool:
@@ -177,9 +182,9 @@ class PrefectRunner:
             return status
         state = flow_run_state(run[0])
         if state not in FINAL_STATES:
-            return JobStatus("not_started", status.lines, status.total_expected, status.progress_percent, None, status.attempt)
+            return queued(status)
         error = f"the flow run ended {state} before starting the job; see it in the Prefect UI"
-        return JobStatus("failed", status.lines, status.total_expected, status.progress_percent, error, status.attempt)
+        return replace(status, status="failed", error=error, phase="failed")
 
     def active(self, ref: JobRef) -> bool:
         """Whether the job's flow run is queued or running."""

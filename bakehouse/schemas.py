@@ -6,6 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bakehouse.job_index import JobEntry
+from repo_store import JobStatus
+from repo_store.timeline import iso_time
 from targets import Message
 
 
@@ -122,6 +125,13 @@ class DeleteResponse(BaseModel):
     message: str = "Resource deleted successfully"
 
 
+class StatusEvent(BaseModel):
+    status: str
+    phase: str | None = None
+    timestamp: str = Field(description="ISO 8601, UTC")
+    note: str | None = None
+
+
 class JobResponse(BaseModel):
     status: str = Field(description="not_started | running | complete | failed")
     lines: int | None = None
@@ -130,6 +140,16 @@ class JobResponse(BaseModel):
     job_id: int | None = Field(None, description="Attempt number of the job (it grows when a job resumes)")
     progress_percent: float | None = Field(None, ge=0, le=100)
     summary: dict[str, Any] | None = Field(None, description="Counts of the last attempt: dedup, errors, tokens")
+    # bakehouse extensions (observability)
+    phase: str | None = Field(None, description="queued | starting | loading_model | generating | training | "
+                                                "checkpointing | compacting | complete | failed")
+    created_at: str | None = Field(None, description="First asked for (ISO 8601, UTC)")
+    started_at: str | None = Field(None, description="The first attempt began")
+    completed_at: str | None = None
+    stalled: bool = Field(False, description="Running, but no progress for BAKEHOUSE_STALL_SECONDS")
+    status_events: list[StatusEvent] | None = Field(None, description="Every status and phase change, oldest first")
+    stats: dict[str, Any] | None = Field(None, description="Requests, tokens, errors by kind, latency percentiles, "
+                                                           "rates and estimated cost, summed over shards and attempts")
 
 
 class StimResponse(JobResponse):
@@ -192,3 +212,72 @@ class HealthResponse(BaseModel):
     status: str
     api: str = "bread-api"
     version: str
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ValidationReport(BaseModel):
+    valid: bool
+    errors: list[FieldError]
+    resolved_config: dict[str, Any] | None = Field(None, description="The config the create would store")
+    sample_stimuli: list[dict[str, Any]] = Field(default_factory=list, description="Up to 3, rendered as stim would")
+    estimated: dict[str, Any] | None = Field(None, description="What the jobs would make (upper bounds)")
+
+
+class ListedJob(BaseModel):
+    id: str = Field(description="Names the job: <repo>/<target>/<stim|rollout> or <repo>/bakes/<bake>")
+    job_id: int | None = Field(None, description="Attempt number, as in the job's own status")
+    kind: str
+    repo_name: str
+    target_name: str | None = None
+    bake_name: str | None = None
+    status: str
+    phase: str | None = None
+    lines: int | None = None
+    total_expected: int | None = None
+    progress_percent: float | None = None
+    error: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    stalled: bool = False
+    status_events: list[StatusEvent] = Field(default_factory=list)
+
+
+class JobList(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    jobs: list[ListedJob]
+
+
+def listed_job(entry: JobEntry) -> ListedJob:
+    ref, status = entry.ref, entry.status
+    bake = ref.kind == "bake"
+    return ListedJob(
+        id=f"{ref.repo_name}/bakes/{ref.target_name}" if bake else f"{ref.repo_name}/{ref.target_name}/{ref.kind}",
+        job_id=status.attempt, kind=ref.kind, repo_name=ref.repo_name,
+        target_name=None if bake else ref.target_name, bake_name=ref.target_name if bake else None,
+        status=status.status, lines=None if bake else status.lines, total_expected=status.total_expected,
+        progress_percent=status.progress_percent, error=status.error,
+        status_events=[StatusEvent(**e.to_json()) for e in entry.events], **observed(status),
+    )
+
+
+def observed(status: JobStatus) -> dict[str, Any]:
+    """The observability fields every job status carries (phase, times, stalled)."""
+    return {"phase": status.phase, "created_at": iso_time(status.created_at), "started_at": iso_time(status.started_at),
+            "completed_at": iso_time(status.completed_at), "stalled": status.stalled}
+
+
+class DeletedCounts(BaseModel):
+    lines: int = Field(description="Output lines the job had")
+    files: int = Field(description="Files removed: plan, claims, chunk markers, parts, manifest")
+
+
+class JobOutputDeleteResponse(BaseModel):
+    message: str
+    deleted: DeletedCounts

@@ -5,15 +5,19 @@ Route functions stay thin: they parse the request, call one function here and sh
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from repo_store import Job, JobStatus, StoredTarget, Workspace
 from repo_store.bakes import ADAPTER_ARCHIVE
-from repo_store.store import StoredBake
+from repo_store.stats import job_stats
+from repo_store.timeline import JobEvent, read_timeline
+from repo_store.store import DeletedOutput, StoredBake
 from targets import BakehouseError, InvalidInput, NotFound, PromptSpec, RepoSpec, TargetSpec, parse
 from targets.bake import BakeSpec
 
+from bakehouse.events import Snapshot
+from bakehouse.job_index import JobEntry, JobFilter, JobIndex
 from bakehouse.runner import JobRef
 
 
@@ -27,10 +31,34 @@ class Runner(Protocol):
     def cancel(self, ref: JobRef) -> None: ...
 
 
+@dataclass(frozen=True)
+class JobReport:
+    """A job as clients see it: its status, the config it runs with, its timeline and statistics."""
+
+    status: JobStatus
+    config: dict[str, Any]
+    events: list[JobEvent] = field(default_factory=list)
+    stats: dict[str, Any] | None = None
+
+
 class Service:
-    def __init__(self, workspace: Workspace, runner: Runner):
+    def __init__(self, workspace: Workspace, runner: Runner, index: JobIndex | None = None):
         self.ws = workspace
         self.runner = runner
+        self.index = index  # told about every job this service starts, cancels or deletes
+
+    def _changed(self, ref: JobRef) -> None:
+        if self.index is not None:
+            self.index.refresh(ref)
+
+    def _seen(self, ref: JobRef, status: JobStatus, events: list[JobEvent]) -> None:
+        if self.index is not None:
+            self.index.record(ref, status, events)
+
+    def list_jobs(self, where: JobFilter, *, offset: int, limit: int) -> tuple[int, list[JobEntry]]:
+        if self.index is None:
+            raise RuntimeError("this service has no job index")
+        return self.index.list(self.ws.name, where, offset=offset, limit=limit)
 
     # -- resources -----------------------------------------------------------------------------
 
@@ -66,18 +94,35 @@ class Service:
                 failed[name] = error.message
         return {"created": created, "failed": failed}
 
+    def validate_target(self, repo_name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """What creating this target would make, or why it cannot be made; creates nothing."""
+        from bakehouse.validation import validate_target
+
+        return validate_target(self.ws, repo_name, body)
+
+    def validate_bake(self, repo_name: str, body: dict[str, Any]) -> dict[str, Any]:
+        from bakehouse.validation import validate_bake
+
+        return validate_bake(self.ws, repo_name, body)
+
     # -- jobs ----------------------------------------------------------------------------------
 
     def _ref(self, repo_name: str, target: StoredTarget, kind: str) -> JobRef:
         return JobRef(self.ws.name, repo_name, target.target_name, target.target_id, kind)
 
-    def job_status(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any]]:
-        status, config, _ = self._job(repo_name, target_name, kind)
-        return status, config
+    def job_status(self, repo_name: str, target_name: str, kind: str) -> JobReport:
+        target = self.ws.get_target(repo_name, target_name)
+        status, config, job = self._job_of(repo_name, target, kind)
+        stats = job_stats(kind, (record.stats for record in job.chunks().values()), status.summary, status.lines)
+        events = read_timeline(job)
+        self._seen(self._ref(repo_name, target, kind), status, events)
+        return JobReport(status, config, events, stats)
 
     def _job(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any], Job]:
         """The job's status as clients see it, its config echo, and the job (one read of target.json)."""
-        target = self.ws.get_target(repo_name, target_name)
+        return self._job_of(repo_name, self.ws.get_target(repo_name, target_name), kind)
+
+    def _job_of(self, repo_name: str, target: StoredTarget, kind: str) -> tuple[JobStatus, dict[str, Any], Job]:
         job, ref = self.ws.job_of(repo_name, target, kind), self._ref(repo_name, target, kind)
         status = job.status()
         viewed = self.runner.view(ref, status)
@@ -87,7 +132,19 @@ class Service:
         config = target.config.stim_part() if kind == "stim" else target.config.rollout_part()
         return viewed, config, job
 
-    def start_job(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any]]:
+    def job_watch_key(self, repo_name: str, target_name: str, kind: str) -> JobRef:
+        """Names the job for watchers (a target deleted and created again is another job)."""
+        return self._ref(repo_name, self.ws.get_target(repo_name, target_name), kind)
+
+    def job_snapshot(self, repo_name: str, target_name: str, kind: str) -> Snapshot:
+        """One look at a job for its event stream: where it is, and its timeline."""
+        status, _, job = self._job(repo_name, target_name, kind)
+        progress = {"status": status.status, "phase": status.phase, "lines": status.lines,
+                    "total_expected": status.total_expected, "progress_percent": status.progress_percent,
+                    "stalled": status.stalled}
+        return Snapshot(progress, read_timeline(job), status.error)
+
+    def start_job(self, repo_name: str, target_name: str, kind: str) -> JobReport:
         """Start (or resume) a job. Repeating it while the job runs or after it completed changes nothing."""
         target = self.ws.get_target(repo_name, target_name)
         if kind == "rollout":
@@ -101,16 +158,20 @@ class Service:
                 check_model(self.ws, target.config.model_name, role="model_name")
         elif not target.config.generators:
             raise InvalidInput("Target must have generators and teacher prompt configured")
-        status = self.ws.job_of(repo_name, target, kind).status()
+        job = self.ws.job_of(repo_name, target, kind)
+        status = job.status()
         if status.status not in ("running", "complete"):
+            job.request_start()
             self.runner.submit(self._ref(repo_name, target, kind), status)
+            self._changed(self._ref(repo_name, target, kind))
         return self.job_status(repo_name, target_name, kind)
 
-    def cancel_job(self, repo_name: str, target_name: str, kind: str) -> tuple[JobStatus, dict[str, Any]]:
+    def cancel_job(self, repo_name: str, target_name: str, kind: str) -> JobReport:
         """Ask the running attempt to stop; it keeps its committed rows and a later start resumes."""
         target = self.ws.get_target(repo_name, target_name)
         self.ws.job_of(repo_name, target, kind).request_cancel()
         self.runner.cancel(self._ref(repo_name, target, kind))
+        self._changed(self._ref(repo_name, target, kind))
         return self.job_status(repo_name, target_name, kind)
 
     def read_output(self, repo_name: str, target_name: str, kind: str, offset: int, limit: int, *, include_tokens: bool = False):
@@ -129,6 +190,21 @@ class Service:
             if self.runner.active(self._ref(repo_name, target, kind)):
                 raise InvalidInput(f"Target '{target_name}' has a running {kind} job; wait for it or cancel it first")
         self.ws.delete_target(repo_name, target_name)
+        for kind in ("stim", "rollout"):
+            self._changed(self._ref(repo_name, target, kind))
+
+    def delete_job_output(self, repo_name: str, target_name: str, kind: str) -> DeletedOutput:
+        """Remove a stim or rollout job's output so that it can be made anew. A queued job counts as
+        running (its worker may be about to claim it in the folder being deleted), and so does a
+        queued rollout for the stim (it reads the stimuli when it starts)."""
+        target = self.ws.get_target(repo_name, target_name)
+        for blocking in (kind, "rollout") if kind == "stim" else (kind,):
+            if self.runner.active(self._ref(repo_name, target, blocking)):
+                raise InvalidInput(f"The {blocking} job of target '{target_name}' is running or queued; "
+                                   "wait for it or cancel it first")
+        deleted = self.ws.delete_job(repo_name, target_name, kind)
+        self._changed(self._ref(repo_name, target, kind))
+        return deleted
 
     # -- bakes ---------------------------------------------------------------------------------
 
@@ -151,7 +227,8 @@ class Service:
         run = self.ws.bake_run(repo_name, bake)
         status = self.runner.view(self._bake_ref(repo_name, bake), run.job.status())
         plan = run.job.plan() or {}
-        losses = [row["loss"] for row in run.iter_metrics()]
+        metrics = list(run.iter_metrics())
+        losses = [row["loss"] for row in metrics]
         live = run.read_live(status.attempt) if status.attempt and status.status == "running" else None
         if live:
             losses.append(live["loss"])
@@ -164,8 +241,27 @@ class Service:
         names = None
         if status.status == "complete":  # index 0 is the latest checkpoint, as Bread lists them
             names = [f"{self.ws.name}/{repo_name}/{bake_name}/{c.step}" for c in reversed(run.checkpoints())]
-        figures = {"loss": loss, "model_name": names}
+        events = read_timeline(run.job)
+        self._seen(self._bake_ref(repo_name, bake), status, events)
+        figures = {"loss": loss, "model_name": names, "status_events": [e.to_json() for e in events if e.kind == "status"],
+                   "stats": _bake_stats(metrics, live, plan)}
         return bake, status, figures
+
+    def bake_watch_key(self, repo_name: str, bake_name: str) -> JobRef:
+        return self._bake_ref(repo_name, self.ws.get_bake(repo_name, bake_name))
+
+    def bake_snapshot(self, repo_name: str, bake_name: str) -> Snapshot:
+        """One look at a bake for its event stream: status, step and loss, and its timeline."""
+        bake = self.ws.get_bake(repo_name, bake_name)
+        run = self.ws.bake_run(repo_name, bake)
+        status = self.runner.view(self._bake_ref(repo_name, bake), run.job.status())
+        live = run.read_live(status.attempt) if status.attempt and status.status == "running" else None
+        progress = {"status": status.status, "phase": status.phase, "progress_percent": status.progress_percent,
+                    "stalled": status.stalled, "step": live["step"] if live else None,
+                    "total_steps": (run.job.plan() or {}).get("total_steps"), "loss": live["loss"] if live else None}
+        if live and progress["total_steps"]:
+            progress["progress_percent"] = round(100.0 * live["step"] / progress["total_steps"], 2)
+        return Snapshot(progress, read_timeline(run.job), status.error)
 
     def start_bake(self, repo_name: str, bake_name: str) -> tuple[StoredBake, JobStatus, dict[str, Any]]:
         """Start (or resume) a bake; repeating it while it runs or after it completed changes nothing."""
@@ -175,9 +271,12 @@ class Service:
         self.ws.bake_dataset_lines(repo_name, bake.config)  # the trainer's own checks, before queueing
         check_model(self.ws, bake.config.model.parent_model_name or self.ws.get_repo(repo_name).base_model,
                     role="parent model")
-        status = self.ws.bake_run(repo_name, bake).job.status()
+        job = self.ws.bake_run(repo_name, bake).job
+        status = job.status()
         if status.status not in ("running", "complete"):
+            job.request_start()
             self.runner.submit(self._bake_ref(repo_name, bake), status)
+            self._changed(self._bake_ref(repo_name, bake))
         return self.bake_status(repo_name, bake_name)
 
     def cancel_bake(self, repo_name: str, bake_name: str) -> tuple[StoredBake, JobStatus, dict[str, Any]]:
@@ -185,6 +284,7 @@ class Service:
         bake = self.ws.get_bake(repo_name, bake_name)
         self.ws.bake_run(repo_name, bake).job.request_cancel()
         self.runner.cancel(self._bake_ref(repo_name, bake))
+        self._changed(self._bake_ref(repo_name, bake))
         return self.bake_status(repo_name, bake_name)
 
     def bake_metrics(self, repo_name: str, bake_name: str) -> list[dict[str, Any]]:
@@ -215,3 +315,24 @@ class Service:
         if not finished and self.runner.active(self._bake_ref(repo_name, bake)):
             raise InvalidInput(f"Bake '{bake_name}' is running; wait for it or cancel it first")
         self.ws.delete_bake(repo_name, bake_name)
+        self._changed(self._bake_ref(repo_name, bake))
+
+
+def _bake_stats(metrics: list[dict[str, Any]], live: dict[str, Any] | None, plan: dict[str, Any]) -> dict[str, Any]:
+    """A bake's run statistics from its committed metrics rows. Only every
+    `train_log_iter_interval`-th step is logged, so time and cost are the logged steps' mean times
+    the steps done."""
+    from repo_store.stats import estimated_cost_usd
+
+    timed = [row for row in metrics if row.get("tokens_per_s")]
+    seconds_per_step = sum(row["tokens"] / row["tokens_per_s"] for row in timed) / len(timed) if timed else None
+    step = max([row["iter"] for row in metrics] + [live["step"] if live else 0])
+    seconds = step * seconds_per_step if seconds_per_step else None
+    return {
+        "step": step,
+        "total_steps": plan.get("total_steps"),
+        "seconds_per_step": round(seconds_per_step, 4) if seconds_per_step else None,
+        "tokens_per_second": round(sum(r["tokens_per_s"] for r in timed) / len(timed), 1) if timed else None,
+        "estimated_training_seconds": round(seconds, 1) if seconds else None,
+        "estimated_cost_usd": estimated_cost_usd(engine_seconds=seconds or 0.0, tokens=0, priced_by_tokens=False),
+    }

@@ -50,6 +50,7 @@ def run_bake(
     progress = Progress(f"bake-{repo_name}-{bake_name}", on_progress)
     follower_args = (workspace.store.url, workspace.name, repo_name, bake_name)
     with running(attempt, engines=None), data_parallel(processes, follow_bake, follower_args) as group:
+        attempt.set_phase("loading_model")
         training = _Training.prepare(workspace, repo_name, bake_name, rank=0, world=processes)
         plan = run.job.create_plan({"total_steps": training.total_steps, "trajectories": len(training.selection),
                                     "parent_model": training.parent})
@@ -59,6 +60,7 @@ def run_bake(
             training.trainer.load_checkpoint({name: run.read_checkpoint_file(latest, name) for name in latest.files})
             logger.info("bake %s/%s resumes after step %d of %d", repo_name, bake_name, done, plan["total_steps"])
         pending: list[dict[str, Any]] = []
+        attempt.set_phase("training")
         for step, micro_batches in training.batches(done):
             attempt.raise_if_cancelled()
             group.go_on(True)
@@ -69,9 +71,11 @@ def run_bake(
                 run.write_live(attempt.gen, {"step": step, "total_steps": training.total_steps, "loss": result.loss})
             progress.update(100.0 * step / training.total_steps)
             if _checkpoint_due(bake.config, step, training.total_steps):
+                attempt.set_phase("checkpointing")
                 run.write_checkpoint(step, training.trainer.checkpoint_files(step, training.parent), gen=attempt.gen,
                                      token=attempt.token, metrics=pending)
                 pending = []
+                attempt.set_phase("training")
             if stop_after_step is not None and stop_after_step <= step < training.total_steps:
                 attempt.release()
                 return run.job.status()

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from prefect import flow
 
 from repo_store import Attempt, Job, JobStatus, Store, Workspace, rows_to_table
+from repo_store.stats import RequestCounts, run_stats
 from targets import InvalidInput, TargetConfig, derive_seed
 from targets.render import rollout_context
 
@@ -104,21 +105,17 @@ def run_rollout(
             if launcher is not None:
                 _supervise(job, attempt, shards, launcher, progress, launches)
             else:
-                _generate(job, attempt, stim, config, range(plan["num_chunks"]), lambda: engines(engine_model(workspace, config.model_name), max_concurrency=config.max_concurrency), progress, _counters())
+                _generate(job, attempt, stim, config, range(plan["num_chunks"]), lambda: engines(engine_model(workspace, config.model_name), max_concurrency=config.max_concurrency), progress, RequestCounts())
 
         def summary() -> dict[str, Any]:
             totals = _chunk_totals(job)
             this_attempt = totals["trajectories"] - before["trajectories"]
             return {
+                **run_stats(totals, seconds=progress.elapsed),
                 "stimuli": stimuli,
                 "shards": len(shards),
-                "trajectories": totals["trajectories"],
-                "errors": totals["errors"],
                 "trajectories_this_attempt": this_attempt,
                 "errors_this_attempt": totals["errors"] - before["errors"],
-                "prompt_tokens": totals["prompt_tokens"],
-                "completion_tokens": totals["completion_tokens"],
-                "seconds": round(progress.elapsed, 2),
                 "trajectories_per_second": round(this_attempt / max(progress.elapsed, 1e-9), 1),
                 "model": config.model_name,
                 "teacher_top_k": config.teacher_top_k,
@@ -150,13 +147,13 @@ def run_rollout_shard(
     if attempt is None:
         return {"shard": shard, "status": "owned elsewhere or complete"}
     progress = Progress(f"rollout-{repo_name}-{target_name}-shard-{shard}")
-    counters = _counters()
+    counters = RequestCounts()
     with running(attempt, engines) as engines:
         stim = workspace.job(repo_name, target_name, "stim")
         logger.info("rollout %s/%s shard %d: chunks %d-%d with %s", repo_name, target_name, shard, chunks[0], chunks[-1], config.model_name)
         _generate(job, attempt, stim, config, chunks, lambda: engines(engine_model(workspace, config.model_name), max_concurrency=config.max_concurrency), progress, counters)
         attempt.release()
-    return {"shard": shard, "status": "done", **counters}
+    return {"shard": shard, "status": "done", **counters.values}
 
 
 def shard_scope(shard: int) -> str:
@@ -168,17 +165,9 @@ def _shards(plan: dict[str, Any]) -> list[range]:
     return [range(start, min(start + per, total)) for start in range(0, total, per)]
 
 
-def _counters() -> dict[str, int]:
-    return {"trajectories": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0}
-
-
-def _chunk_totals(job: Job) -> dict[str, int]:
-    """The counters summed over every committed chunk's marker."""
-    totals = _counters()
-    for record in job.chunks().values():
-        for name in totals:
-            totals[name] += int(record.stats.get(name, 0))
-    return totals
+def _chunk_totals(job: Job) -> RequestCounts:
+    """The counts summed over every committed chunk's marker."""
+    return RequestCounts.total(record.stats for record in job.chunks().values())
 
 
 def _generate(
@@ -189,7 +178,7 @@ def _generate(
     chunks: range,
     open_engine: Callable[[], Engine],
     progress: Progress,
-    counters: dict[str, int],
+    counters: RequestCounts,
 ) -> None:
     """Generate and commit every chunk in `chunks` that is not committed yet (the engine is opened
     only when there is something to generate)."""
@@ -206,6 +195,11 @@ def _generate(
         return
     pending: dict[int, dict[int, tuple[dict[str, Any], ChatResult]]] = {}
     stimulus_rows: dict[int, dict[str, Any]] = {}
+    sent_at: dict[int, float] = {}  # stimulus id -> when the engine took the request
+    attempt.set_phase("loading_model")
+    engine = open_engine()
+    attempt.set_phase("generating")
+    last_commit = time.monotonic()  # a chunk's engine seconds: since the engine was ready or the last commit
 
     def requests() -> Iterator[ChatRequest]:
         for stimulus_id, row in enumerate(stim.iter_rows()):
@@ -215,27 +209,30 @@ def _generate(
             context = rollout_context(row)
             # The teacher's top-K is recorded only where the rollout context is the teacher's.
             top_k = 0 if "trajectory_override_stimulus" in row else config.teacher_top_k
+            sent_at[stimulus_id] = time.monotonic()
             yield ChatRequest(
                 key=stimulus_id, messages=context["messages"], tools=context.get("tools"),
                 sampling=_sampling(config, stimulus_id, top_k),
             )
 
-    for result in open_engine().generate(requests()):
+    for result in engine.generate(requests()):
         attempt.touch()
         chunk = result.key // size
-        pending.setdefault(chunk, {})[result.key] = (stimulus_rows.pop(result.key), result)
+        latency_ms = 1000 * (time.monotonic() - sent_at.pop(result.key))
+        pending.setdefault(chunk, {})[result.key] = (stimulus_rows.pop(result.key), result, latency_ms)
         if len(pending[chunk]) == min(size, stimuli - chunk * size):
             results = pending.pop(chunk)
-            errors = [r.error for _, r in results.values() if r.error]
+            errors = [r.error for _, r, _ in results.values() if r.error]
             if len(errors) == len(results):
                 # The engine is down or refuses these settings: fail (and resume later) rather than
                 # publish a chunk of nothing but errors.
                 raise EngineError(f"every request of chunk {chunk} failed, e.g.: {errors[0]}")
-            stats = _counters()
+            stats = RequestCounts()
             rows = _trajectory_rows(results, config, stats)
-            attempt.commit_chunk(chunk, rows_to_table(rows, ["stimulus_id", "trajectory_id"], token_columns=True), stats)
-            for name, value in stats.items():
-                counters[name] += value
+            stats.engine_seconds, last_commit = time.monotonic() - last_commit, time.monotonic()
+            attempt.commit_chunk(chunk, rows_to_table(rows, ["stimulus_id", "trajectory_id"], token_columns=True),
+                                 stats.to_json())
+            counters.add(stats)
             committed += 1
             progress.update(100.0 * committed / num_chunks)
             attempt.raise_if_cancelled()
@@ -251,6 +248,7 @@ def _supervise(
     ended without finishing) is launched again, at most MAX_SHARD_LAUNCHES times.
     """
     launched: dict[int, tuple[Any, int | None]] = {}  # shard -> (handle, its latest claim at launch)
+    attempt.set_phase("generating")  # in the shards
     num_chunks = sum(len(s) for s in shards)
     while True:
         attempt.raise_if_cancelled()
@@ -290,12 +288,14 @@ def _sampling(config: TargetConfig, stimulus_id: int, top_logprobs: int) -> Samp
 
 
 def _trajectory_rows(
-    results: dict[int, tuple[dict[str, Any], ChatResult]], config: TargetConfig, counters: dict[str, int]
+    results: dict[int, tuple[dict[str, Any], ChatResult, float]], config: TargetConfig, counters: RequestCounts
 ) -> list[dict[str, Any]]:
     """Bread's rollout row shape plus flat ids, one row per trajectory, in (stimulus, trajectory) order."""
     rows = []
     for stimulus_id in sorted(results):
-        stimulus, result = results[stimulus_id]
+        stimulus, result, latency_ms = results[stimulus_id]
+        counters.record_request(latency_ms=latency_ms, prompt_tokens=result.prompt_tokens,
+                                cached_prompt_tokens=result.cached_prompt_tokens, error=result.error)
         base = {
             "unconditioned_stimulus": stimulus["unconditioned_stimulus"],
             "conditioned_stimulus": stimulus["conditioned_stimulus"],
@@ -306,7 +306,6 @@ def _trajectory_rows(
             "temperature": config.temperature,
             "seed": derive_seed(config.seed, "rollout", stimulus_id),
         }
-        counters["prompt_tokens"] += result.prompt_tokens
         for trajectory_id in range(config.num_traj_per_stimulus):
             if result.error is not None or trajectory_id >= len(result.completions):
                 # A trajectory that failed is a row that says so, never a hole in the output.

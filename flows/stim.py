@@ -79,6 +79,7 @@ def run_stim(
             return rows, stats
 
         def produce() -> None:
+            attempt.set_phase("generating")
             done = job.chunks()
             missing = [i for i in range(plan["num_chunks"]) if i not in done]
             if not missing:

@@ -10,6 +10,7 @@ A job (one stim or one rollout of one target) lives in one folder:
     chunks/000012.json         create-if-absent commit marker for chunk 12, pointing at its part
     manifest.json              create-if-absent commit point of the whole job: `complete`
     cancels/000003.json        someone asked attempt 3 to stop; it fails with "cancelled"
+    starts/000003.json         someone asked for attempt 3 (the API queued it): the job's timeline
     (a chunk whose part turns out damaged when the job completes loses its marker and is redone)
     shards/<scope>/{claims,heartbeats,failures}/   the same claim protocol for one shard of a job
 
@@ -29,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -68,6 +69,29 @@ class JobStatus:
     error: str | None = None
     attempt: int | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    phase: str | None = None  # what the running attempt is doing (Attempt.set_phase); "queued" before
+    created_at: float | None = None  # first asked for (a start request, else the first claim)
+    started_at: float | None = None  # the first attempt's claim
+    completed_at: float | None = None
+    stalled: bool = False  # running, but no progress for BAKEHOUSE_STALL_SECONDS
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What the owner of an attempt last said: when, what it is doing, when its work last moved."""
+
+    at: float
+    token: str = ""
+    released: bool = False
+    phase: str | None = None
+    phases: tuple[tuple[str, float], ...] = ()  # every phase of the attempt with the time it began
+    progress_at: float | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Heartbeat:
+        return cls(at=float(data["at"]), token=data.get("token", ""), released=bool(data.get("released")),
+                   phase=data.get("phase"), phases=tuple((p, float(t)) for p, t in data.get("phases", ())),
+                   progress_at=data.get("progress_at"))
 
 
 @dataclass
@@ -77,11 +101,12 @@ class ChunkRecord:
     gen: int
     stats: dict[str, Any]
     token: str = ""  # the committing attempt's token: tells an attempt whether its commit won
+    at: float | None = None  # when it was committed (markers of older versions have no time)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ChunkRecord:
         return cls(index=data["index"], part=PartInfo.from_json(data["part"]), gen=data["gen"],
-                   stats=data.get("stats", {}), token=data.get("token", ""))
+                   stats=data.get("stats", {}), token=data.get("token", ""), at=data.get("at"))
 
 
 class Job:
@@ -95,6 +120,8 @@ class Job:
         self._chunk_cache: dict[int, tuple[str | None, ChunkRecord]] = {}
         self._manifest: dict[str, Any] | None = None
         self._plan: dict[str, Any] | None = None
+        self._claim_cache: dict[tuple[str, int], dict[str, Any]] = {}
+        self._created: float | None = None
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.folder, *parts])
@@ -157,20 +184,59 @@ class Job:
         """Claims of the whole job (scope "") or of one shard of it."""
         return self._path(*(("shards", scope) if scope else ()), *parts)
 
+    def _claim_gens(self, scope: str = "") -> list[int]:
+        names = self.storage.list_names(self._claims_path(scope, "claims"))
+        return [int(n.removesuffix(".json")) for n in names if n.endswith(".json")]
+
+    def _read_claim(self, gen: int, scope: str = "") -> dict[str, Any]:
+        """A claim never changes once created: each is read once per Job object."""
+        key = (scope, gen)
+        if key not in self._claim_cache:
+            claim = self.storage.read_json(self._claims_path(scope, "claims", _gen_name(gen)))
+            if claim is None:
+                return {}
+            self._claim_cache[key] = claim
+        return self._claim_cache[key]
+
     def latest_claim(self, scope: str = "") -> tuple[int, dict[str, Any]] | None:
         """The newest claim of the job (or of one shard) with its generation; None before any."""
-        names = [n for n in self.storage.list_names(self._claims_path(scope, "claims")) if n.endswith(".json")]
-        if not names:
-            return None
-        gen = int(names[-1].removesuffix(".json"))
-        claim = self.storage.read_json(self._claims_path(scope, "claims", names[-1]))
-        return gen, claim or {}
+        gens = self._claim_gens(scope)
+        return (gens[-1], self._read_claim(gens[-1], scope)) if gens else None
 
-    def _claim_alive(self, gen: int, claim: dict[str, Any], scope: str = "") -> bool:
-        beat = self.storage.read_json(self._claims_path(scope, "heartbeats", _gen_name(gen)))
-        if beat is not None and beat.get("released"):
+    def claims(self, scope: str = "") -> list[tuple[int, dict[str, Any]]]:
+        """Every claim of the job (or of one shard), oldest first."""
+        return [(gen, self._read_claim(gen, scope)) for gen in self._claim_gens(scope)]
+
+    def read_heartbeat(self, gen: int, scope: str = "") -> Heartbeat | None:
+        data = self.storage.read_json(self._claims_path(scope, "heartbeats", _gen_name(gen)))
+        return None if data is None else Heartbeat.from_json(data)
+
+    def read_failure(self, gen: int, scope: str = "") -> dict[str, Any] | None:
+        """Why attempt `gen` gave up ({"error", "at", "summary"}), None if it did not."""
+        return self.storage.read_json(self._claims_path(scope, "failures", _gen_name(gen)))
+
+    def read_cancel(self, gen: int) -> dict[str, Any] | None:
+        return self.storage.read_json(self._path("cancels", _gen_name(gen)))
+
+    def start_requests(self) -> dict[int, float]:
+        """When each attempt was asked for (attempt number -> time), by `request_start`."""
+        requests = {}
+        for name in self.storage.list_names(self._path("starts")):
+            if name.endswith(".json") and (data := self.storage.read_json(self._path("starts", name))):
+                requests[int(name.removesuffix(".json"))] = float(data["at"])
+        return requests
+
+    def request_start(self) -> None:
+        """Note that the next attempt was asked for (queued); the first request of it stands."""
+        latest = self.latest_claim()
+        gen = (latest[0] + 1) if latest else 1
+        self.storage.create_json(self._path("starts", _gen_name(gen)), {"at": time.time()})
+
+    def _claim_alive(self, gen: int, claim: dict[str, Any], scope: str = "", beat: Heartbeat | None = None) -> bool:
+        beat = beat or self.read_heartbeat(gen, scope)
+        if beat is not None and beat.released:
             return False
-        last = beat["at"] if beat is not None else claim.get("at", 0.0)
+        last = beat.at if beat is not None else claim.get("at", 0.0)
         if time.time() - last > lease_seconds():
             return False
         # Same machine: a dead pid frees the job at once instead of after the lease; so does an
@@ -197,6 +263,7 @@ class Job:
             manifest = self.manifest()
             if manifest is None:
                 return status
+        first = self._read_claim(1)
         return JobStatus(
             "complete",
             lines=manifest["lines"],
@@ -204,25 +271,43 @@ class Job:
             progress_percent=100.0,
             attempt=manifest.get("gen"),
             summary=manifest.get("summary", {}),
+            phase="complete",
+            created_at=self._created_at(first),
+            started_at=first.get("at"),
+            completed_at=manifest.get("completed_at"),
         )
+
+    def _created_at(self, first_claim: dict[str, Any]) -> float | None:
+        """The first start request, or the first claim for a job started without the API."""
+        if self._created is None:
+            requests = self.start_requests()
+            self._created = min(requests.values()) if requests else first_claim.get("at")
+        return self._created
 
     def _unfinished_status(self, plan: dict[str, Any], total: int | None) -> JobStatus:
         latest = self.latest_claim()
         if latest is None:
-            return JobStatus("not_started", total_expected=total)
+            requests = self.start_requests()
+            created = min(requests.values()) if requests else None
+            return JobStatus("not_started", total_expected=total, created_at=created,
+                             phase="queued" if requests else None)
         gen, claim = latest
         chunks = self.chunks()
-        lines = sum(p.rows for p in self.committed_parts())
-        progress = _progress(chunks, plan)
-        failure = self.storage.read_json(self._path("failures", _gen_name(gen)))
+        base = JobStatus("running", sum(p.rows for p in self.committed_parts()), total, _progress(chunks, plan),
+                         attempt=gen, created_at=self._created_at(self._read_claim(1)),
+                         started_at=self._read_claim(1).get("at"))
+        failure = self.read_failure(gen)
         if failure is not None:
-            return JobStatus("failed", lines, total, progress, failure["error"], gen, failure.get("summary", {}))
-        if not self._claim_alive(gen, claim):
+            return replace(base, status="failed", error=failure["error"], summary=failure.get("summary", {}), phase="failed")
+        beat = self.read_heartbeat(gen)
+        if not self._claim_alive(gen, claim, beat=beat):
             if self.cancel_requested(gen):
-                return JobStatus("failed", lines, total, progress, "cancelled", gen)
+                return replace(base, status="failed", error="cancelled", phase="failed")
             error = "the job stopped without finishing (its worker is gone); start it again to resume"
-            return JobStatus("failed", lines, total, progress, error, gen)
-        return JobStatus("running", lines, total, progress, None, gen)
+            return replace(base, status="failed", error=error, phase="failed")
+        last_sign = (beat.progress_at or beat.at) if beat is not None else claim.get("at", 0.0)
+        return replace(base, phase=(beat.phase if beat else None) or "starting",
+                       stalled=time.time() - last_sign > stall_seconds())
 
     # -- taking part ---------------------------------------------------------------------------
 
@@ -333,14 +418,28 @@ class Attempt:
         self._stop_beating = threading.Event()
         self._beater: threading.Thread | None = None
         self._last_progress = time.monotonic()
+        self._last_progress_at = time.time()  # the same moment on the wall clock, for readers elsewhere
+        self.phases: list[tuple[str, float]] = []
 
     def _claims(self, *parts: str) -> str:
         return self.job._claims_path(self.scope, *parts)
 
-    def heartbeat(self, **progress: Any) -> None:
-        self.job.storage.write_json(
-            self._claims("heartbeats", _gen_name(self.gen)), {"at": time.time(), "token": self.token, **progress}
-        )
+    def heartbeat(self) -> None:
+        beat = {"at": time.time(), "token": self.token, "progress_at": self._last_progress_at,
+                "phase": self.phases[-1][0] if self.phases else None, "phases": self.phases}
+        self.job.storage.write_json(self._claims("heartbeats", _gen_name(self.gen)), beat)
+
+    def set_phase(self, phase: str) -> None:
+        """Say what the attempt is doing now (`loading_model`, `generating`, `training`, ...): the
+        job's status and timeline show it at once (one heartbeat written)."""
+        if self.phases and self.phases[-1][0] == phase:
+            return
+        self.phases.append((phase, time.time()))
+        self.touch()
+        try:
+            self.heartbeat()
+        except Exception:  # noqa: BLE001 - the next beat carries it; a phase is not worth failing for
+            pass
 
     def raise_if_cancelled(self) -> None:
         if self.job.cancel_requested(self.job_gen):
@@ -369,6 +468,7 @@ class Attempt:
     def touch(self) -> None:
         """The work moved on (a result came back, a chunk was committed)."""
         self._last_progress = time.monotonic()
+        self._last_progress_at = time.time()
 
     def _stop(self) -> None:
         _ENDED_IN_THIS_PROCESS.add(self.token)
@@ -384,7 +484,8 @@ class Attempt:
         data, row_groups = write_part([table])
         part = PartInfo(path=f"parts/{index:06d}-g{self.gen:06d}-{_unique()}.parquet", rows=table.num_rows, bytes=len(data), row_groups=row_groups)
         self.job.storage.write_bytes(self.job.part_path(part), data)
-        record = {"index": index, "part": part.to_json(), "gen": self.gen, "token": self.token, "stats": stats or {}}
+        record = {"index": index, "part": part.to_json(), "gen": self.gen, "token": self.token, "stats": stats or {},
+                  "at": time.time()}
         self.job.storage.create_json(self.job._path("chunks", f"{index:06d}.json"), record)
         committed = self.job.chunk(index)  # read back: whoever's token is in it won
         if committed is None:
@@ -402,6 +503,8 @@ class Attempt:
             raise RuntimeError(f"cannot complete {self.job.folder}: chunks {missing[:10]} are not committed")
         # A damaged chunk raises DamagedChunks before anything is published; the caller discards
         # it and generates it again (flows.runtime.complete_repairing).
+        if num_chunks:
+            self.set_phase("compacting")
         parts = list(self._compact([chunks[i] for i in range(num_chunks)]))
         manifest = {
             "kind": self.job.kind,

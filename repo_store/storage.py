@@ -107,6 +107,14 @@ class Storage:
         except (FileNotFoundError, NotADirectoryError):
             return
 
+    def list_files(self, folder: str) -> list[str]:
+        """Paths of every file under `folder` at any depth, temp files included; empty when it
+        does not exist."""
+        try:
+            return self.fs.find(folder)
+        except FileNotFoundError:
+            return []
+
     def open_for_range_reads(self, path: str, size: int):
         """A file handle that fetches only the byte ranges asked for (no read-ahead, no HEAD)."""
         if self.is_local:

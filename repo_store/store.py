@@ -96,6 +96,14 @@ class StoredBake:
                    BakeConfig.model_validate(data["config"]), data["bake_id"])
 
 
+@dataclass(frozen=True)
+class DeletedOutput:
+    """What deleting a job's output removed."""
+
+    lines: int  # the output lines the job had
+    files: int  # every file of the job: plan, claims, heartbeats, chunk markers, parts, manifest
+
+
 class Store:
     """Entry point: `Store(url)` then `.workspace(name)`. One instance per process is enough."""
 
@@ -127,6 +135,12 @@ class Store:
                 self._jobs.popitem(last=False)
         self._jobs.move_to_end(key)
         return self._jobs[key]
+
+    def forget_job(self, job: Job) -> None:
+        """Drop a job from the cache once its folder is deleted: its parsed manifest and markers no
+        longer hold. Other processes over the same storage know nothing of it: one that had read
+        the manifest reports the job complete until the entry leaves its cache."""
+        self._jobs.pop(job.folder, None)
 
 
 class Workspace:
@@ -198,15 +212,19 @@ class Workspace:
 
     # -- targets -------------------------------------------------------------------------------
 
-    def resolve(self, repo_name: str, spec: TargetSpec) -> TargetConfig:
-        """The config `spec` stands for: template + overrides, checked against this repo."""
+    def merge_target_config(self, repo_name: str, spec: TargetSpec) -> TargetConfig:
+        """Template + overrides, well-formed but not yet checked against this repo."""
         template_config = None
         if spec.template != "default":
             try:
                 template_config = self.get_target(repo_name, spec.template).config
             except NotFound:
                 raise InvalidInput(f"Template '{spec.template}' not found") from None
-        config = resolve_target(spec.overrides, template_config)
+        return resolve_target(spec.overrides, template_config)
+
+    def resolve(self, repo_name: str, spec: TargetSpec) -> TargetConfig:
+        """The config `spec` stands for: template + overrides, checked against this repo."""
+        config = self.merge_target_config(repo_name, spec)
         missing = config.missing_stim_fields()
         if missing:
             raise InvalidInput(f"Missing required stim fields: {missing}")
@@ -341,6 +359,38 @@ class Workspace:
     def job_of(self, repo_name: str, target: StoredTarget, kind: JobKind) -> Job:
         """The job of a target already read (saves reading target.json again)."""
         return self.store.job(f"{self._target_folder(repo_name, target.target_name)}/jobs/{target.target_id}", kind)
+
+    def delete_job(self, repo_name: str, target_name: str, kind: JobKind) -> DeletedOutput:
+        """Remove a stim or rollout job's whole folder: the job reads `not_started` again and a new
+        start makes it anew. NotFound when it was never started."""
+        target = self.get_target(repo_name, target_name)
+        job = self.job_of(repo_name, target, kind)
+        status = job.status()
+        if status.status == "running":
+            raise InvalidInput(f"The {kind} job of target '{target_name}' is running; wait for it or cancel it first")
+        if kind == "stim" and self.storage.list_names(self.job_of(repo_name, target, "rollout").folder):
+            raise InvalidInput(f"Target '{target_name}' has a rollout made from these stimuli; delete the rollout first")
+        if kind == "rollout":
+            self._refuse_while_bakes_read(repo_name, target_name)
+        files = self.storage.list_files(job.folder)
+        if not files:
+            raise NotFound(f"The {kind} job of target '{target_name}' was never started: it has no output to delete")
+        # Commit points first: a delete cut short leaves a job that reads unfinished and can be
+        # deleted again or resumed, never a manifest or marker naming parts that are gone.
+        for commit_point in ("manifest.json", "chunks"):
+            self.storage.delete_tree(f"{job.folder}/{commit_point}")
+        self.storage.delete_tree(job.folder)
+        self.store.forget_job(job)
+        return DeletedOutput(status.lines, len(files))
+
+    def _refuse_while_bakes_read(self, repo_name: str, target_name: str) -> None:
+        """A running bake reads its dataset targets' rollouts page by page until it ends."""
+        for bake_name in self.list_bakes(repo_name):
+            bake = self.get_bake(repo_name, bake_name)
+            reads_target = any(dataset.target == target_name for dataset in bake.config.datasets)
+            if reads_target and self.bake_run(repo_name, bake).job.status().status == "running":
+                raise InvalidInput(f"Bake '{bake_name}' is running on the rollout of target '{target_name}'; "
+                                   "wait for it or cancel it first")
 
     def read_page(
         self, repo_name: str, target_name: str, kind: JobKind, *, offset: int = 0, limit: int = 100, include_tokens: bool = False

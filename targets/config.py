@@ -206,18 +206,21 @@ def parse(model: type[BaseModel], data: Any, what: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise ValidationFailed(f"invalid {what}: {describe(error)}") from None
+        raise ValidationFailed(f"invalid {what}: {describe(error)}", fields=field_errors(error)) from None
+
+
+def field_errors(error: ValidationError) -> list[tuple[str, str]]:
+    """(field path, message) for each fault pydantic found."""
+    found = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        found.append((".".join(str(p) for p in item["loc"]) or "(root)",
+                      "unknown field" if item["type"] == "extra_forbidden" else message))
+    return found
 
 
 def describe(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(root)"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown field"
-        parts.append(f"{where}: {message}")
-    return "; ".join(parts)
+    return "; ".join(f"{where}: {message}" for where, message in field_errors(error))
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

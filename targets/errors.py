@@ -10,9 +10,14 @@ class BakehouseError(Exception):
 
 
 class ValidationFailed(BakehouseError):
-    """A name or config value is malformed (HTTP 422)."""
+    """A name or config value is malformed (HTTP 422). `fields` holds (field path, message) pairs
+    when the fault is known field by field."""
 
     code = "VALIDATION_ERROR"
+
+    def __init__(self, message: str, fields: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.fields = fields or []
 
 
 class InvalidInput(BakehouseError):

@@ -33,6 +33,7 @@ class ThreadRunner(RecordingRunner):
     def __init__(self, store: Store):
         super().__init__()
         self.store = store
+        self.threads: dict[object, threading.Thread] = {}  # the latest thread of each job
 
     def submit(self, ref, status: JobStatus) -> None:
         from flows.bake import run_bake
@@ -41,4 +42,10 @@ class ThreadRunner(RecordingRunner):
 
         super().submit(ref, status)
         run = {"stim": run_stim, "rollout": run_rollout, "bake": run_bake}[ref.kind]
-        threading.Thread(target=run, args=(self.store.workspace(ref.workspace), ref.repo_name, ref.target_name)).start()
+        workspace = self.store.workspace(ref.workspace)
+        thread = self.threads[ref] = threading.Thread(target=run, args=(workspace, ref.repo_name, ref.target_name))
+        thread.start()
+
+    def active(self, ref) -> bool:
+        """Like LocalRunner: while the job's thread is starting or working."""
+        return ref in self.threads and self.threads[ref].is_alive()

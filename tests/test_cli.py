@@ -75,6 +75,30 @@ def test_keys_revoke_stops_a_key_and_names_unknown_ids(tmp_path):
         assert result.exit_code == 1 and "no key with id" in result.output
 
 
+def test_keys_usage_prints_the_requests_per_key_and_per_hour(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from runners import RecordingRunner
+
+    store = Store(str(tmp_path))
+    used, secret = store.keys.create(workspace="w", scope="read")
+    idle, _ = store.keys.create(workspace="w", scope="write")
+    with TestClient(create_app(store, RecordingRunner()), headers={"Authorization": f"Bearer {secret}"}) as client:
+        for _ in range(3):
+            client.get("/v1/repo")
+    listed = CliRunner().invoke(app, ["keys", "usage", "--data", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    lines = {line.split("\t")[0]: line.split("\t") for line in listed.output.splitlines()}
+    assert lines[used.key_id][1:4] == ["w", "read", "3"] and lines[used.key_id][4].endswith("UTC")
+    assert lines[idle.key_id][3:] == ["0", "never"]
+    hourly = CliRunner().invoke(app, ["keys", "usage", used.key_id, "--data", str(tmp_path)])
+    assert hourly.exit_code == 0, hourly.output
+    hour_line, last_line = hourly.output.splitlines()
+    assert hour_line.endswith(":00 UTC\t3") and last_line.startswith("last used\t")
+    unknown = CliRunner().invoke(app, ["keys", "usage", "0000", "--data", str(tmp_path)])
+    assert unknown.exit_code == 1 and "no key with id" in unknown.output
+
+
 def test_apply_run_status_output_and_export(server, tmp_path, monkeypatch):
     key = Store(server["data"]).keys.create(workspace="default", scope="write")[1]
     monkeypatch.setenv("BAKEHOUSE_BASE_URL", server["url"])

@@ -60,6 +60,7 @@ class ChatResult:
     completions: list[Completion]  # len == sampling.n unless error is set
     prompt_tokens: int = 0
     error: str | None = None  # a request that failed on its own; the job goes on
+    cached_prompt_tokens: int | None = None  # prompt tokens served from the prefix cache (None: not told)
 
 
 class Engine(Protocol):

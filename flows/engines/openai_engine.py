@@ -197,6 +197,7 @@ class OpenAIEngine:
         choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
         usage = data.get("usage") or {}
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
         if len(choices) != request.sampling.n:
             return ChatResult(
                 request.key,
@@ -224,6 +225,7 @@ class OpenAIEngine:
                 for t, c, k, ids, p in zip(texts, choices, counts, token_ids, per_token)
             ],
             prompt_tokens,
+            cached_prompt_tokens=int(cached) if cached is not None else None,
         )
 
     # -- Engine protocol --------------------------------------------------------------------

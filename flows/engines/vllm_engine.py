@@ -170,11 +170,12 @@ class VllmEngine:
             for c in sorted(output.outputs, key=lambda c: c.index)
         ]
         prompt_tokens = len(output.prompt_token_ids or ())
+        cached = getattr(output, "num_cached_tokens", None)
         if not completions:
-            return ChatResult(key, [], prompt_tokens, error="engine returned no completions")
+            return ChatResult(key, [], prompt_tokens, error="engine returned no completions", cached_prompt_tokens=cached)
         if any(c.finish_reason == "error" for c in completions):
-            return ChatResult(key, [], prompt_tokens, error="engine reported an error")
-        return ChatResult(key, completions, prompt_tokens)
+            return ChatResult(key, [], prompt_tokens, error="engine reported an error", cached_prompt_tokens=cached)
+        return ChatResult(key, completions, prompt_tokens, cached_prompt_tokens=cached)
 
     def _decode(self, token_ids: Any) -> str:
         """A completion's text from its ids, as vLLM's detokenizer would give it: special tokens

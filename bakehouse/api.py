@@ -24,6 +24,7 @@ from bakehouse.limits import BodySizeLimit, RateLimiter, RateLimitHeaders, retry
 from bakehouse.runner import LocalRunner
 from bakehouse.service import JobReport, Runner, Service
 from bakehouse.usage import UsageRecorder
+from bakehouse.viewer import mount_viewer
 from repo_store import MAX_PAGE_LIMIT, ApiKey, JobStatus, Store
 from repo_store.downloads import LinkRefused
 from targets import BakehouseError, Conflict, InvalidInput, NotFound, ValidationFailed
@@ -420,6 +421,7 @@ def create_app(
         name = path.rsplit("/", 1)[-1]
         return Response(data, media_type="application/gzip", headers={"Content-Disposition": f'attachment; filename="{name}"'})
     app.include_router(v1)
+    mount_viewer(app)
     return app
 
 

@@ -78,6 +78,7 @@ def prefect_env(api_url: str, data_url: str) -> dict[str, str]:
         **os.environ,
         "PREFECT_API_URL": api_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",  # no pop-up over a self-hosted UI
         "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "1"),
         "BAKEHOUSE_DATA": data_url,
     }
@@ -140,6 +141,7 @@ def run_up(*, port: int, prefect_port: int, data_url: str, stimuli_per_shard: in
         os.environ.update(PREFECT_API_URL=env["PREFECT_API_URL"], BAKEHOUSE_DATA=data_url)
         print(f"Prefect UI   http://127.0.0.1:{prefect_port}", flush=True)
         print(f"API          http://127.0.0.1:{port}  (docs at /docs)", flush=True)
+        print(f"Viewer       http://127.0.0.1:{port}/ui/", flush=True)
         print(f"Logs         {logs}", flush=True)
         app = create_app(Store(data_url), PrefectRunner(stimuli_per_shard))
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")

@@ -27,32 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
-
-from bakehouse.api import create_app  # noqa: E402
+from common import serve_api  # noqa: E402
 from page_reads import build_job  # noqa: E402
-from repo_store import JobStatus, Store  # noqa: E402
+from repo_store import Store  # noqa: E402
 
 LIMIT = 1000
-
-
-class NoRunner:
-    def submit(self, ref, status: JobStatus) -> None:
-        raise AssertionError("the benchmark starts no jobs")
-
-    def view(self, ref, status: JobStatus) -> JobStatus:
-        return status
-
-
-def serve(store: Store) -> tuple[str, uvicorn.Server]:
-    app = create_app(store, NoRunner(), rate_limit_per_hour=10**9)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return f"http://127.0.0.1:{port}", server
 
 
 def measure(url: str, key: str, rows: int, concurrency: int, requests: int) -> tuple[float, float, float]:
@@ -91,14 +70,17 @@ def in_process_p50(store: Store, rows: int) -> float:
 
 def run(label: str, store: Store, rows: int, requests: int) -> None:
     _, key = store.keys.create(workspace="default", scope="read")
-    url, server = serve(store)
+    with serve_api(store) as url:
+        measure_all(store, url, key, rows, requests)
+
+
+def measure_all(store: Store, url: str, key: str, rows: int, requests: int) -> None:
     baseline = in_process_p50(store, rows)
     print(f"\n{label}: {rows:,} rows; in-process page p50 {baseline:.1f} ms (baseline)")
     print(f"{'concurrency':>11} {'p50 ms':>8} {'p99 ms':>8} {'pages/s':>8} {'p50 / baseline':>15}")
     for concurrency in (1, 10, 50):
         p50, p99, rate = measure(url, key, rows, concurrency, requests)
         print(f"{concurrency:>11} {p50:>8.1f} {p99:>8.1f} {rate:>8.1f} {p50 / baseline:>15.2f}")
-    server.should_exit = True
 
 
 def main() -> None:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -22,3 +26,39 @@ def make_target(ws, repo: str, target: str, *, model: str, questions: list[str],
         "teacher_prompt": "teacher", "student_prompt": "student", "model_name": model,
         "generators": [{"type": "hardcoded", "questions": questions}], **overrides,
     }))
+
+
+class NoRunner:
+    """For benchmarks that start their jobs themselves: the API only reads and watches."""
+
+    def submit(self, ref, status) -> None:
+        raise AssertionError("the benchmark starts its jobs itself")
+
+    def view(self, ref, status):
+        return status
+
+    def active(self, ref) -> bool:
+        return False
+
+    def cancel(self, ref) -> None: ...
+
+
+@contextmanager
+def serve_api(store) -> Iterator[str]:
+    """The API over `store` on uvicorn at a free port of 127.0.0.1 (no rate limit); yields its URL.
+    Leaving waits for the server's shutdown, which writes key usage into the store."""
+    import uvicorn
+
+    from bakehouse.api import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(store, NoRunner(), rate_limit_per_hour=10**9),
+                                           host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

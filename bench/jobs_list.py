@@ -14,17 +14,15 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 
-from bakehouse.api import create_app  # noqa: E402
 from bakehouse.job_index import JobIndex  # noqa: E402
+from bench.common import serve_api  # noqa: E402
 from bakehouse.runner import LocalRunner  # noqa: E402
 from repo_store import Store, rows_to_table  # noqa: E402
 from targets import PromptSpec, RepoSpec, TargetSpec  # noqa: E402
@@ -65,14 +63,7 @@ def main() -> None:
         baseline_index._scan("default")  # every job folder read once: the cost of an unindexed listing
         scan_ms = 1000 * (time.perf_counter() - started)
 
-        app = create_app(store, rate_limit_per_hour=10**9)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}, timeout=600) as http:
+        with serve_api(store) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600) as http:
             started = time.perf_counter()
             first = http.get("/v1/jobs", params={"limit": 50}).json()
             cold_ms = 1000 * (time.perf_counter() - started)
@@ -86,8 +77,6 @@ def main() -> None:
                     assert http.get("/v1/jobs", params=params).status_code == 200
                     samples.append(1000 * (time.perf_counter() - started))
                 times[name] = statistics.median(samples)
-        server.should_exit = True
-        thread.join(timeout=30)  # its shutdown writes the key usage into the folder
     print(f"first listing (builds the index by a scan): {cold_ms:,.0f} ms")
     print(f"baseline, a scan of every job (an unindexed listing would pay this per request): {scan_ms:,.0f} ms")
     for name, p50 in times.items():

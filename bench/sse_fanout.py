@@ -25,10 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 
-from bakehouse.api import create_app  # noqa: E402
-from bench.common import make_target  # noqa: E402
+from bench.common import make_target, serve_api  # noqa: E402
 from flows.stim import run_stim  # noqa: E402
 from repo_store import Store  # noqa: E402
 
@@ -39,15 +37,6 @@ WORKER = textwrap.dedent("""
     status = run_rollout(Store(sys.argv[1]).workspace(), "r", sys.argv[2], chunk_size=64)
     assert status.status == "complete", status
 """)
-
-
-class NoRunner:
-    """The bench starts the worker itself; the API only watches."""
-
-    def submit(self, ref, status) -> None: ...
-    def view(self, ref, status): return status
-    def active(self, ref) -> bool: return False
-    def cancel(self, ref) -> None: ...
 
 
 async def follow(base_url: str, key: str, target: str, clients: int, counts: list[int]) -> None:
@@ -93,21 +82,13 @@ def main() -> None:
                         num_traj_per_stimulus=2, max_tokens=32)
             run_stim(ws, "r", target)
         _, key = store.keys.create(workspace="default", scope="read")
-        server = uvicorn.Server(uvicorn.Config(create_app(store, NoRunner(), rate_limit_per_hour=10**9),
-                                               host="127.0.0.1", port=0, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        base_url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
         rates: dict[int, list[float]] = {0: [], args.clients: []}
-        for round_number in range(args.rounds):
-            for offset, clients in enumerate((0, args.clients)):
-                target = targets[2 * round_number + offset]
-                rates[clients].append(rollout_rate(store, folder, target, base_url, key, clients))
-                print(f"round {round_number + 1}, {clients:3d} clients: {rates[clients][-1]:,.0f} trajectories/s")
-        server.should_exit = True
-        thread.join(timeout=30)
+        with serve_api(store) as base_url:
+            for round_number in range(args.rounds):
+                for offset, clients in enumerate((0, args.clients)):
+                    target = targets[2 * round_number + offset]
+                    rates[clients].append(rollout_rate(store, folder, target, base_url, key, clients))
+                    print(f"round {round_number + 1}, {clients:3d} clients: {rates[clients][-1]:,.0f} trajectories/s")
     alone, watched = statistics.median(rates[0]), statistics.median(rates[args.clients])
     print(f"median: alone {alone:,.0f}/s, with {args.clients} SSE clients {watched:,.0f}/s: "
           f"ratio {watched / alone:.3f} (cost {100 * (1 - watched / alone):.1f} %)")

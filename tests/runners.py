@@ -49,3 +49,22 @@ class ThreadRunner(RecordingRunner):
     def active(self, ref) -> bool:
         """Like LocalRunner: while the job's thread is starting or working."""
         return ref in self.threads and self.threads[ref].is_alive()
+
+
+class SlowRunner(ThreadRunner):
+    """ThreadRunner whose rollouts take `delay` seconds a request, in chunks of 2 stimuli: long
+    enough to watch them move."""
+
+    delay = 0.15
+
+    def submit(self, ref, status: JobStatus) -> None:
+        from flows.rollout import run_rollout
+        from flows.runtime import Engines
+
+        if ref.kind != "rollout":
+            return super().submit(ref, status)
+        self.submitted.append(ref)
+        ws = self.store.workspace(ref.workspace)
+        self.threads[ref] = threading.Thread(target=run_rollout, args=(ws, ref.repo_name, ref.target_name),
+                                             kwargs={"engines": Engines(delay=self.delay), "chunk_size": 2})
+        self.threads[ref].start()

@@ -267,9 +267,10 @@ def test_sharded_rollout_relaunches_a_dead_shard_and_keeps_its_chunks(store, mon
     run_stim(ws, "r", "solo", engines=CountingEngines())
     solo = run_rollout(ws, "r", "solo", engines=CountingEngines(), chunk_size=5).summary
     sharded = status.summary
-    for name in ("trajectories", "errors", "prompt_tokens", "completion_tokens", "trajectories_this_attempt"):
+    for name in ("requests", "trajectories", "errors", "prompt_tokens", "completion_tokens", "trajectories_this_attempt"):
         assert sharded[name] == solo[name], name
     assert sharded["trajectories"] == 200 and sharded["completion_tokens"] > 0 and sharded["trajectories_per_second"] > 0
+    assert sharded["requests"] == 100 and sharded["engine_seconds"] > 0 and sharded["latency_ms"]["p50"] is not None
 
 
 def test_cancel_keeps_finished_rows_and_a_later_run_resumes(store):

@@ -23,7 +23,7 @@ from flows.stim import run_stim
 from repo_store import Store
 from repo_store.stats import LatencyHistogram, RequestCounts, error_kind
 from repo_store.timeline import read_timeline
-from runners import ThreadRunner
+from runners import SlowRunner
 from targets import PromptSpec, RepoSpec, TargetSpec
 
 QUESTIONS = [f"question {i}?" for i in range(12)]
@@ -36,21 +36,6 @@ def setup_target(ws, questions=QUESTIONS) -> None:
     ws.create_prompt("r", PromptSpec(prompt_name="teacher", messages=[{"role": "system", "content": "Be terse."}]))
     ws.create_prompt("r", PromptSpec(prompt_name="student", messages=[]))
     ws.create_target("r", TargetSpec(target_name="t", overrides={**TARGET, "generators": [{"type": "hardcoded", "questions": questions}]}))
-
-
-class SlowRunner(ThreadRunner):
-    """Runs jobs in threads on a fake engine that takes `delay` seconds a request, in chunks of 2 stimuli."""
-
-    delay = 0.15
-
-    def submit(self, ref, status) -> None:
-        if ref.kind != "rollout":
-            return super().submit(ref, status)
-        self.submitted.append(ref)
-        ws = self.store.workspace(ref.workspace)
-        self.threads[ref] = threading.Thread(target=run_rollout, args=(ws, ref.repo_name, ref.target_name),
-                                             kwargs={"engines": Engines(delay=self.delay), "chunk_size": 2})
-        self.threads[ref].start()
 
 
 @pytest.fixture

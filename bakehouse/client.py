@@ -286,6 +286,7 @@ class Client:
         self.prompts = Prompts(self)
         self.targets = Targets(self)
         self.bakes = Bakes(self)
+        self.jobs = Jobs(self)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         return _json_or_raise(self._http.request(method, path, **kwargs))
@@ -353,6 +354,22 @@ class Targets(_Resource):
     def delete(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
         return self._client.request("DELETE", f"/v1/repo/{repo_name}/targets/{target_name}")
 
+    def validate(self, repo_name: str, *, target_name: str, template: str = "default",
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What `create` would make, or every reason it cannot: {valid, errors, resolved_config,
+        sample_stimuli, estimated}. Creates nothing."""
+        body = {"target_name": target_name, "template": template, "overrides": overrides}
+        return self._client.request("POST", f"/v1/repo/{repo_name}/targets/validate", json=body)
+
+
+class Jobs(_Resource):
+    """`client.jobs`: every job of the key's workspace."""
+
+    def list(self, **filters: Any) -> dict[str, Any]:
+        """{total, offset, limit, jobs}, newest first; filters: repo, target, bake, kind, status,
+        created_after, created_before (ISO 8601), limit (≤ 200), offset."""
+        return self._client.request("GET", "/v1/jobs", params=_job_filters(filters))
+
 
 class Job(_Resource):
     """`client.targets.stim` and `client.targets.rollout`."""
@@ -404,6 +421,10 @@ class Job(_Resource):
         """Stop the job; finished rows stay readable and a later `run` resumes from them."""
         return self._client.request("POST", f"{self._path(target_name, repo_name)}/cancel")
 
+    def delete_output(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
+        """Remove the job's output so that a later `run` makes it anew: {message, deleted: {lines, files}}."""
+        return self._client.request("DELETE", self._path(target_name, repo_name))
+
     def get_output(self, target_name: str, *, repo_name: str, limit: int = 100, offset: int = 0,
                    include_logprobs: bool = False) -> dict[str, Any]:
         """One page of rows; `include_logprobs` adds each rollout row's `response_token_ids`,
@@ -452,6 +473,11 @@ class Job(_Resource):
                 yield example
 
 
+def _job_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    return {name: value.isoformat() if hasattr(value, "isoformat") else value
+            for name, value in filters.items() if value is not None}
+
+
 def _bake_path(repo_name: str, bake_name: str = "") -> str:
     return f"/v1/repo/{repo_name}/bakes" + (f"/{bake_name}" if bake_name else "")
 
@@ -477,6 +503,12 @@ class Bakes(_Resource):
 
     def delete(self, bake_name: str, *, repo_name: str) -> dict[str, Any]:
         return self._client.request("DELETE", self._path(repo_name, bake_name))
+
+    def validate(self, repo_name: str, *, bake_name: str, template: str = "default",
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every reason `create` or `run` would refuse this bake, and its estimated steps; creates nothing."""
+        body = {"bake_name": bake_name, "template": template, "overrides": overrides}
+        return self._client.request("POST", f"{self._path(repo_name)}/validate", json=body)
 
     def run(self, bake_name: str, *, repo_name: str, poll: bool = True, poll_interval: float | None = None,
             timeout: float | None = None, raise_on_failure: bool = True,
@@ -534,6 +566,7 @@ class AsyncClient:
         self.prompts = AsyncPrompts(self)
         self.targets = AsyncTargets(self)
         self.bakes = AsyncBakes(self)
+        self.jobs = AsyncJobs(self)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         return _json_or_raise(await self._http.request(method, path, **kwargs))
@@ -601,6 +634,18 @@ class AsyncTargets(_AsyncResource):
     async def delete(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
         return await self._client.request("DELETE", f"/v1/repo/{repo_name}/targets/{target_name}")
 
+    async def validate(self, repo_name: str, *, target_name: str, template: str = "default",
+                       overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"target_name": target_name, "template": template, "overrides": overrides}
+        return await self._client.request("POST", f"/v1/repo/{repo_name}/targets/validate", json=body)
+
+
+class AsyncJobs(_AsyncResource):
+    """`client.jobs` of an AsyncClient; see `Jobs`."""
+
+    async def list(self, **filters: Any) -> dict[str, Any]:
+        return await self._client.request("GET", "/v1/jobs", params=_job_filters(filters))
+
 
 class AsyncJob(_AsyncResource):
     """`client.targets.stim` and `client.targets.rollout` of an AsyncClient; see `Job`."""
@@ -633,6 +678,9 @@ class AsyncJob(_AsyncResource):
 
     async def cancel(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
         return await self._client.request("POST", f"{_job_path(self.kind, target_name, repo_name)}/cancel")
+
+    async def delete_output(self, target_name: str, *, repo_name: str) -> dict[str, Any]:
+        return await self._client.request("DELETE", _job_path(self.kind, target_name, repo_name))
 
     async def get_output(self, target_name: str, *, repo_name: str, limit: int = 100,
                          offset: int = 0, include_logprobs: bool = False) -> dict[str, Any]:
@@ -678,6 +726,11 @@ class AsyncBakes(_AsyncResource):
 
     async def delete(self, bake_name: str, *, repo_name: str) -> dict[str, Any]:
         return await self._client.request("DELETE", _bake_path(repo_name, bake_name))
+
+    async def validate(self, repo_name: str, *, bake_name: str, template: str = "default",
+                       overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"bake_name": bake_name, "template": template, "overrides": overrides}
+        return await self._client.request("POST", f"{_bake_path(repo_name)}/validate", json=body)
 
     async def run(self, bake_name: str, *, repo_name: str, poll: bool = True, poll_interval: float | None = None,
                   timeout: float | None = None, raise_on_failure: bool = True,

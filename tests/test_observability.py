@@ -345,3 +345,31 @@ def test_the_sdk_follows_a_job_over_its_event_stream_and_polls_where_it_cannot(s
     started = time.monotonic()
     seen = anyio.run(through_async_client)
     assert time.monotonic() - started < 15 and len({s["lines"] for s in seen}) >= 4
+
+
+def test_the_sdk_lists_jobs_validates_and_deletes_output(server):
+    from bakehouse import AsyncClient, Client
+
+    http, store, _ = server
+    base_url, key = str(http.base_url), http.headers["Authorization"].removeprefix("Bearer ")
+    client = Client(base_url=base_url, api_key=key, poll_interval=0.1)
+    client.targets.stim.run("t", repo_name="r")
+    listed = client.jobs.list(kind="stim", status="complete")
+    assert [j["id"] for j in listed["jobs"]] == ["r/t/stim"]
+    assert client.jobs.list(created_before="2000-01-01T00:00:00Z")["total"] == 0
+    report = client.targets.validate("r", target_name="n", template="t", overrides={"num_traj_per_stimulus": 3})
+    assert report["valid"] and report["estimated"]["trajectories"] == 36
+    assert not client.bakes.validate("r", bake_name="b", overrides={"datasets": [{"target": "t"}]})["valid"]
+    assert client.targets.stim.delete_output("t", repo_name="r")["deleted"]["lines"] == 12
+    assert client.targets.stim.get("t", repo_name="r")["status"] == "not_started"
+
+    async def through_async_client() -> tuple:
+        async with AsyncClient(base_url=base_url, api_key=key) as aclient:
+            return (await aclient.jobs.list(repo="r"), await aclient.targets.validate("r", target_name="n", template="t"),
+                    await aclient.bakes.validate("r", bake_name="b"))
+
+    import anyio
+
+    jobs, target_report, bake_report = anyio.run(through_async_client)
+    assert jobs["total"] == 0 and target_report["valid"]  # the stim's output is gone: no job is left
+    assert not bake_report["valid"] and "Bake has no datasets" in {e["field"]: e["message"] for e in bake_report["errors"]}["datasets"]

@@ -2,27 +2,32 @@
 
 import json
 import os
-from datetime import datetime, timezone
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
+import anyio
+import httpx
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from bakehouse import schemas as s
 from bakehouse.bake_routes import add_bake_routes
+from bakehouse.chat_routes import add_chat_routes
 from bakehouse.events import JobWatches, job_events
 from bakehouse.job_index import JobFilter, JobIndex
 from bakehouse.limits import BodySizeLimit, RateLimiter, RateLimitHeaders, retry_after_header
+from bakehouse.recipe_routes import add_recipe_routes
 from bakehouse.runner import LocalRunner
 from bakehouse.service import JobReport, Runner, Service
+from bakehouse.serving import ChatServing
 from bakehouse.usage import UsageRecorder
 from bakehouse.viewer import mount_viewer
 from repo_store import MAX_PAGE_LIMIT, ApiKey, JobStatus, Store
@@ -64,11 +69,14 @@ def create_app(
     *,
     max_body_bytes: int | None = None,
     rate_limit_per_hour: int | None = None,
+    serving: ChatServing | None = None,
 ) -> FastAPI:
     """The API over `store`. Limits default to BAKEHOUSE_MAX_BODY_BYTES (10 MB) and
     BAKEHOUSE_RATE_LIMIT_PER_HOUR (36,000 requests per key, bursts included). Key usage is written
     to storage every BAKEHOUSE_USAGE_FLUSH_SECONDS (5) while the app runs, and at its shutdown."""
     runner = runner or LocalRunner(store.url)
+    serving = serving or ChatServing()
+    upstream = httpx.AsyncClient()  # to the model servers behind /v1/chat/completions
     usage = UsageRecorder(store.keys, flush_every=float(os.environ.get("BAKEHOUSE_USAGE_FLUSH_SECONDS", 5)))
 
     @asynccontextmanager
@@ -78,11 +86,14 @@ def create_app(
             yield
         finally:
             usage.close()
+            await upstream.aclose()
+            await anyio.to_thread.run_sync(serving.close)
 
     app = FastAPI(title="bakehouse (Bread-compatible API)", version=VERSION, lifespan=lifespan)
     app.state.runner = runner
     job_index = app.state.job_index = JobIndex(store, runner)
     app.state.usage = usage
+    app.state.serving = serving
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes or int(os.environ.get("BAKEHOUSE_MAX_BODY_BYTES", 10_000_000)))
     limiter = RateLimiter(rate_limit_per_hour or int(os.environ.get("BAKEHOUSE_RATE_LIMIT_PER_HOUR", 36_000)))
@@ -227,9 +238,7 @@ def create_app(
     def get_repo(repo_name: str, service: Read, user_id: UserId = None):
         return s.RepoResponse(**service.ws.get_repo(repo_name).model_dump())
 
-    @v1.get("/repo/{repo_name}/tree", response_model=s.RepoTree, tags=["repo"])
-    def get_tree(repo_name: str, service: Read, user_id: UserId = None):
-        return s.RepoTree(base_model=service.ws.get_repo(repo_name).base_model)
+    add_recipe_routes(v1, Read, UserId)  # the repo's tree, and bakes' dependency graphs and recreation plans
 
     # -- prompts ---------------------------------------------------------------------------------
 
@@ -396,6 +405,7 @@ def create_app(
         routes()
 
     add_bake_routes(v1, Read, Write, UserId, EXISTED)
+    add_chat_routes(v1, Read, serving, upstream)
 
     @v1.get("/repo/{repo_name}/bakes/{bake_name}/events", tags=["bakes"], name="get_bake_events",
             response_class=EventSourceResponse,
@@ -427,7 +437,7 @@ def create_app(
 
 EVENTS_DESCRIPTION = (
     "`text/event-stream`. Events: `progress` (status, phase, lines, progress_percent; bakes: step, total_steps, "
-    "loss), `status` (each status or phase change: status, phase, timestamp, note), `log` (message, timestamp). "
+    "loss {latest_loss}), `status` (each status or phase change: status, phase, timestamp, note), `log` (message, timestamp). "
     "A finished job replays its timeline and the stream ends; otherwise it ends after the final status. "
     "Timeline events carry ids: reconnect with `Last-Event-ID` to continue after one.")
 

@@ -71,6 +71,16 @@ def demo(data: Optional[str] = DataOption, spec: Optional[Path] = typer.Option(N
 
 
 @app.command()
+def pursuit(spec: Path = typer.Argument(..., help="Resource file: its first target and bake are round 1."),
+            rounds: int = typer.Option(3, min=1, help="Rounds of rollout with the baked model and bake on top."),
+            data: Optional[str] = DataOption) -> None:
+    """Prompt Pursuit, locally: bake, roll out with the baked model under the same prompt, bake again."""
+    from bakehouse.demo import run_pursuit_locally
+
+    raise typer.Exit(run_pursuit_locally(data, spec, rounds))
+
+
+@app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000, data: Optional[str] = DataOption) -> None:
     """Run the API server (OpenAPI docs at /docs). Jobs run as worker processes of this server."""
     import uvicorn
@@ -393,6 +403,37 @@ def bake_metrics(bake: str, repo: str = RepoOption) -> None:
     with _server() as client:
         for row in client.bakes.iter_metrics(bake, repo_name=repo):
             sys.stdout.write(json.dumps(row) + "\n")
+
+
+recipe_app = typer.Typer(help="Recipes: how a bake was made, and making it again elsewhere.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+
+
+@recipe_app.command("plan")
+def recipe_plan(bake: str, repo: str = RepoOption) -> None:
+    """Print the bake's recreation plan as JSON (the input of `recipe replay`)."""
+    with _server() as client:
+        typer.echo(json.dumps(client.recipes.get_recreation_plan(bake, repo_name=repo), indent=2))
+
+
+@recipe_app.command("replay")
+def recipe_replay(
+    plan: Path,
+    repo: str = typer.Option(..., "--repo", "-r", help="The repository to make it in (created with the plan's base model)."),
+    train: bool = typer.Option(True, "--train/--no-train", help=(
+        "--no-train: create the bakes but run none, and skip the steps that need a bake's checkpoint.")),
+) -> None:
+    """Run a recreation plan's steps in order into another repo of the configured server, waiting for each job."""
+    from bakehouse.replay import replay_plan
+
+    def show(step) -> None:
+        note = f" ({step.because})" if step.because else ""
+        typer.echo(f"{step.step:>3} {step.action} {step.resource_name}: {step.outcome}{note}")
+
+    with _server() as client:
+        steps = replay_plan(client, json.loads(plan.read_text()), repo, train=train, on_step=show)
+    done = sum(step.outcome == "done" for step in steps)
+    typer.echo(f"replayed into repo {repo}: {done} steps done, {len(steps) - done} skipped")
 
 
 def main() -> None:

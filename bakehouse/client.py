@@ -286,6 +286,7 @@ class Client:
         self.prompts = Prompts(self)
         self.targets = Targets(self)
         self.bakes = Bakes(self)
+        self.recipes = Recipes(self)
         self.jobs = Jobs(self)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -319,6 +320,10 @@ class Repos(_Resource):
 
     def list(self) -> list[str]:
         return self._client.request("GET", "/v1/repo")["repos"]
+
+    def get_tree(self, repo_name: str) -> dict[str, Any]:
+        """Every bake with its status and checkpoints, and `edges` [bake, child, bake, parent]."""
+        return self._client.request("GET", f"/v1/repo/{repo_name}/tree")
 
 
 class Prompts(_Resource):
@@ -543,6 +548,17 @@ class Bakes(_Resource):
         while page := self.get_metrics(bake_name, repo_name=repo_name, offset=offset, limit=page_size):
             yield from page
             offset += len(page)
+
+
+class Recipes(_Resource):
+    """`client.recipes`: what a bake was made from, and the steps that make it again."""
+
+    def get_dependency_graph(self, bake_name: str, *, repo_name: str) -> dict[str, Any]:
+        return self._client.request("GET", f"/v1/repo/{repo_name}/recipe/{bake_name}/dependency-graph")
+
+    def get_recreation_plan(self, bake_name: str, *, repo_name: str) -> dict[str, Any]:
+        """Ordered steps; `bakehouse recipe replay` (bakehouse.replay) runs them into another repo."""
+        return self._client.request("GET", f"/v1/repo/{repo_name}/recipe/{bake_name}/recreation-plan")
 
 
 # -- async ---------------------------------------------------------------------------------------

@@ -173,3 +173,22 @@ def show_before_after(workspace: Workspace, repo: str, bake) -> None:
                   f"after {rate([a.after for a in result.answers]):.3f} "
                   f"(the teacher prompt itself: {rate([a.teacher for a in result.answers]):.3f}).")
     console.print(f"Held-out KL(teacher ‖ student) per token: before {result.kl_before:.3f}, after {result.kl_after:.3f}.")
+
+
+def run_pursuit_locally(data_url: str | None, spec_path, rounds: int) -> int:
+    """Prompt Pursuit on a resource file's first target and bake, in this process: each round's
+    bake, then its held-out answers before (the previous round's model) and after."""
+    from flows.pursuit import PursuitRound, run_pursuit
+
+    workspace = Store(data_url).workspace()
+    repo, targets, bakes = apply_locally(workspace, spec_path)
+    first_bake, _ = workspace.create_bake(repo, bakes[0])
+    console.print(f"[bold]Prompt Pursuit[/bold]: {rounds} rounds of [cyan]{first_bake.bake_name}[/cyan] on "
+                  f"[cyan]{targets[0]}[/cyan], storage {workspace.store.url}")
+
+    def report(done: PursuitRound) -> None:
+        console.print(f"\n[bold]Round {done.number}[/bold]: rolled out with {done.rollout_model}, baked {done.checkpoint}")
+        show_before_after(workspace, repo, workspace.get_bake(repo, done.bake_name))
+
+    run_pursuit(workspace, repo, target_name=targets[0], bake_name=first_bake.bake_name, rounds=rounds, on_round=report)
+    return 0

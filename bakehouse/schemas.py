@@ -91,10 +91,18 @@ class PaginatedRepoList(BaseModel):
     total: int | None = None
 
 
+class BakeTreeNode(BaseModel):
+    status: str = Field(description="The bake job's status: not_started | running | complete | failed")
+    config: dict[str, Any] = Field(description="The bake's resolved config")
+    checkpoints: list[int] = Field(default_factory=list, description="Committed checkpoint steps, the latest first")
+    model_name: list[str] = Field(default_factory=list, description="The same checkpoints as model names")
+
+
 class RepoTree(BaseModel):
     base_model: str
-    bakes: dict[str, Any] = Field(default_factory=dict)
-    edges: list[list[str]] = Field(default_factory=list)
+    bakes: dict[str, BakeTreeNode] = Field(default_factory=dict)
+    edges: list[list[str]] = Field(default_factory=list, description=(
+        "[\"bake\", child, \"bake\", parent]: the child starts from a checkpoint of the parent"))
 
 
 class PromptResponse(BaseModel):
@@ -281,3 +289,48 @@ class DeletedCounts(BaseModel):
 class JobOutputDeleteResponse(BaseModel):
     message: str
     deleted: DeletedCounts
+
+
+# -- recipes (spec §2.3 "Recipes") ----------------------------------------------------------------
+
+
+class DependencyGraph(BaseModel):
+    base_model: str
+    bakes: dict[str, dict[str, Any]] = Field(description="Resolved bake configs")
+    targets: dict[str, dict[str, Any]] = Field(description="Resolved target configs")
+    prompts: dict[str, str | None] = Field(description="Prompt name -> its file in the repo")
+    edges: list[list[str]] = Field(description=(
+        "[source_type, source_name, target_type, target_name]: the source depends on the target (a parent "
+        "or template bake, a dataset or template target, a prompt, a bake whose checkpoint a target rolls out with)"))
+
+
+class RecreationPlanStep(BaseModel):
+    step: int = Field(description="1-based position in the plan")
+    action: str = Field(description="create_prompt | create_target | run_stim | run_rollout | create_bake | run_bake")
+    resource_type: str = Field(description="prompt | target | bake")
+    resource_name: str
+    dependencies: list[str] = Field(description="'<type>:<name>' made, or '<type>:<name>:<status>' reached first")
+    config: dict[str, Any] = Field(description=(
+        "create_prompt: {name, content: {messages, tools}}; create_target and create_bake: the create body "
+        "as stored ({template, overrides}) and what it resolved to (config); runs: {}"))
+
+
+class BakeResource(BaseModel):
+    bake_name: str
+    model_names: list[str] = Field(description="The bake's checkpoints as model names, the latest first")
+
+
+class RecreationResources(BaseModel):
+    prompts: list[str]
+    targets: list[str]
+    bakes: list[BakeResource]
+
+
+class RecreationPlan(BaseModel):
+    base_model: str
+    total_steps: int
+    steps: list[RecreationPlanStep]
+    resources: RecreationResources
+    checkpoint_prefix: str = Field(description=(
+        "bakehouse extension: '<workspace>/<repo>' of this repo's checkpoint names; a replay into another repo "
+        "rewrites model names under it to the replayed bakes' checkpoints"))

@@ -18,6 +18,7 @@ from targets.bake import BakeSpec
 
 from bakehouse.events import Snapshot
 from bakehouse.job_index import JobEntry, JobFilter, JobIndex
+from bakehouse.lineage import Lineage, RecreationPlan, TreeBake, plan_recreation, read_lineage, repo_tree
 from bakehouse.runner import JobRef
 
 
@@ -258,7 +259,9 @@ class Service:
         live = run.read_live(status.attempt) if status.attempt and status.status == "running" else None
         progress = {"status": status.status, "phase": status.phase, "progress_percent": status.progress_percent,
                     "stalled": status.stalled, "step": live["step"] if live else None,
-                    "total_steps": (run.job.plan() or {}).get("total_steps"), "loss": live["loss"] if live else None}
+                    "total_steps": (run.job.plan() or {}).get("total_steps"),
+                    # shaped as in the bake's status, so a client can lay one over the other
+                    "loss": {"latest_loss": live["loss"]} if live else None}
         if live and progress["total_steps"]:
             progress["progress_percent"] = round(100.0 * live["step"] / progress["total_steps"], 2)
         return Snapshot(progress, read_timeline(run.job), status.error)
@@ -316,6 +319,21 @@ class Service:
             raise InvalidInput(f"Bake '{bake_name}' is running; wait for it or cancel it first")
         self.ws.delete_bake(repo_name, bake_name)
         self._changed(self._bake_ref(repo_name, bake))
+
+    # -- lineage -------------------------------------------------------------------------------
+
+    def dependency_graph(self, repo_name: str, bake_name: str) -> Lineage:
+        return read_lineage(self.ws, repo_name, bake_name)
+
+    def recreation_plan(self, repo_name: str, bake_name: str) -> RecreationPlan:
+        return plan_recreation(read_lineage(self.ws, repo_name, bake_name))
+
+    def repo_tree(self, repo_name: str) -> list[TreeBake]:
+        """Every bake of the repo, its status as `bake_status` reports it, and its parent bake."""
+        def status_of(bake: StoredBake) -> str:
+            return self.runner.view(self._bake_ref(repo_name, bake), self.ws.bake_run(repo_name, bake).job.status()).status
+
+        return repo_tree(self.ws, repo_name, status_of)
 
 
 def _bake_stats(metrics: list[dict[str, Any]], live: dict[str, Any] | None, plan: dict[str, Any]) -> dict[str, Any]:

@@ -44,14 +44,15 @@ class NoRunner:
 
 
 @contextmanager
-def serve_api(store) -> Iterator[str]:
-    """The API over `store` on uvicorn at a free port of 127.0.0.1 (no rate limit); yields its URL.
-    Leaving waits for the server's shutdown, which writes key usage into the store."""
+def serve_api(store, **options) -> Iterator[str]:
+    """The API over `store` (`options` for create_app) on uvicorn at a free port of 127.0.0.1, with no
+    rate limit; yields its URL. Leaving waits for the server's shutdown, which writes key usage into
+    the store and stops the model servers it started."""
     import uvicorn
 
     from bakehouse.api import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(store, NoRunner(), rate_limit_per_hour=10**9),
+    server = uvicorn.Server(uvicorn.Config(create_app(store, NoRunner(), rate_limit_per_hour=10**9, **options),
                                            host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -49,7 +49,10 @@ class BakedCheckpoint:
 
 def engine_model(workspace: Workspace, name: str) -> str:
     """What to open an engine with: a baked checkpoint's merged folder, any other name as it is
-    (the engines resolve reserved names and serve the rest)."""
+    (the engines resolve reserved names and serve the rest). Through an OpenAI-compatible server
+    (BAKEHOUSE_OPENAI_BASE_URL: bakehouse's own /v1, or a fleet) every name goes as it is."""
+    if os.environ.get("BAKEHOUSE_OPENAI_BASE_URL") and name not in ("fake", "tiny-random"):
+        return name
     return model_folder(workspace, name) if BakedCheckpoint.parse(name) else name
 
 

@@ -191,7 +191,7 @@ function jobPanel(path, onFinished) {
       lines.textContent = data.lines !== undefined ? `${data.lines} lines` : data.step ? `step ${data.step} of ${data.total_steps}` : "";
       panel.dataset.progress = data.progress_percent ?? "";
       panel.dataset.lines = data.lines ?? "";
-      if (data.loss !== undefined && data.loss !== null && onFinished) onFinished("progress", data);
+      if (data.loss && onFinished) onFinished("progress", data);
     } else {
       timeline.append(el("li", {}, el("span", { class: "muted" }, when(data.timestamp) + " "),
         data.status ? statusText(data.status) : "", data.phase ? ` ${data.phase}` : "", data.note || data.message ? ` — ${data.note || data.message}` : ""));
@@ -286,7 +286,7 @@ async function bakeView(route) {
   show(
     el("h1", {}, `bake ${route.bake}`),
     jobPanel(path, (state, data) => {
-      if (state === "progress" && (!points.length || points[points.length - 1][0] < data.step)) { points.push([data.step, data.loss]); redraw(); }
+      if (state === "progress" && (!points.length || points[points.length - 1][0] < data.step)) { points.push([data.step, data.loss.latest_loss]); redraw(); }
       if (state === "complete" && bake.status !== "complete") navigate(); // again, now with its checkpoints
     }),
     el("h2", {}, "Loss (KL per response token)"), chart,

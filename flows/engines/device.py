@@ -129,3 +129,18 @@ def train_settings(*, cuda: bool, rank: int = 0, gradient_checkpointing: bool | 
         local = int(environ.get("LOCAL_RANK", rank)) % max(torch.cuda.device_count(), 1)
         return TrainSettings(f"cuda:{local}", "bfloat16", gradient_checkpointing, "nccl")
     return TrainSettings("cpu", None, gradient_checkpointing, "gloo")
+
+
+def server_arguments(settings: VllmSettings) -> list[str]:
+    """The same settings as flags of vLLM's OpenAI-compatible server (`--model M --dtype float32
+    --enforce-eager --no-enable-chunked-prefill ...`)."""
+    arguments = []
+    for name, value in settings.kwargs.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            arguments.append(flag)
+        elif value is False:
+            arguments.append("--no-" + name.replace("_", "-"))
+        else:
+            arguments += [flag, str(value)]
+    return arguments

@@ -1,0 +1,91 @@
+"""OpenAI-compatible chat: `POST /v1/chat/completions` and `GET /v1/models` (bakehouse.serving).
+
+Requests are passed to a vLLM server as they came, the model name aside; answers come back as the
+server wrote them, streamed chunk by chunk when `stream` is set. A client that hangs up closes the
+upstream stream, and vLLM frees the request's sequences. (No `from __future__ import annotations`:
+FastAPI must see the dependency type `Read` itself.)
+"""
+
+from typing import Any
+
+import anyio
+import httpx
+from fastapi import APIRouter, Body
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from bakehouse.serving import ChatRefused, ChatServing
+from flows.engines.base import EngineError
+
+UPSTREAM_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+
+
+def add_chat_routes(v1: APIRouter, Read: Any, serving: ChatServing, upstream: httpx.AsyncClient) -> None:
+    @v1.get("/models", tags=["chat"], description="OpenAI-compatible: the base models of this workspace's "
+                                                   "repos and every checkpoint of its finished bakes.")
+    async def list_models(service: Read):
+        cards = await anyio.to_thread.run_sync(serving.list_models, service.ws)
+        return {"object": "list", "data": cards}
+
+    @v1.post("/chat/completions", tags=["chat"],
+             description="OpenAI-compatible chat with a base model or a baked checkpoint `<workspace>/<repo>/<bake>/<step>` "
+                         "(`n`, `temperature`, `max_tokens`, `seed`, `stop`, `logprobs`, `stream`).")
+    async def chat_completions(service: Read, body: dict[str, Any] = Body(...)):
+        try:
+            model = serving.check_request(body)
+            route = await anyio.to_thread.run_sync(serving.route, service.ws, model)
+        except ChatRefused as refused:
+            return JSONResponse(refused.body(), status_code=refused.status)
+        except EngineError as error:
+            return JSONResponse(ChatRefused(503, f"The model server could not start: {error}", code="server_unavailable").body(),
+                                status_code=503)
+        request = upstream.build_request("POST", f"{route.base_url}/chat/completions",
+                                         json={**body, "model": route.served_model}, timeout=UPSTREAM_TIMEOUT)
+        try:
+            response = await upstream.send(request, stream=True)
+        except httpx.TransportError as error:
+            return JSONResponse(ChatRefused(502, f"The model server did not answer: {error}", code="bad_gateway").body(),
+                                status_code=502)
+        if response.status_code >= 400 or not body.get("stream"):
+            data = await response.aread()
+            await response.aclose()
+            # The server names the model as asked (the routes serve each model under its own name).
+            return Response(data, status_code=response.status_code, media_type="application/json")
+        return StreamingResponse(_relay(response), media_type="text/event-stream")
+
+
+async def _relay(response: httpx.Response):
+    """The upstream stream's bytes as they come. A client that hangs up cancels this while it
+    waits: the upstream connection is closed then (shielded from that cancel), so vLLM aborts the
+    request and frees its sequences."""
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    finally:
+        with anyio.CancelScope(shield=True):
+            await response.aclose()
+
+
+async def _relay(response: httpx.Response):
+    """The upstream stream's bytes as they come. A client that hangs up cancels this while it
+    waits: the upstream connection is closed then (shielded from that cancel), so vLLM aborts the
+    request and frees its sequences."""
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    finally:
+        with anyio.CancelScope(shield=True):
+            await response.aclose()
+
+
+def _answer(data: bytes, status: int, model: str) -> JSONResponse:
+    """vLLM's answer with the model named as the client asked for it."""
+    import json
+
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = ChatRefused(502, "The model server answered something that is not JSON", code="bad_gateway").body()
+        status = 502
+    if status < 400 and isinstance(answer, dict):
+        answer["model"] = model
+    return JSONResponse(answer, status_code=status)

@@ -32,7 +32,7 @@ def add_chat_routes(v1: APIRouter, Read: Any, serving: ChatServing, upstream: ht
     async def chat_completions(service: Read, body: dict[str, Any] = Body(...)):
         try:
             model = serving.check_request(body)
-            route = await anyio.to_thread.run_sync(serving.route, service.ws, model)
+            route = serving.ready_route(service.ws, model) or await anyio.to_thread.run_sync(serving.route, service.ws, model)
         except ChatRefused as refused:
             return JSONResponse(refused.body(), status_code=refused.status)
         except EngineError as error:

@@ -122,6 +122,20 @@ class ChatServing:
         server.ensure_adapter(model, adapter)
         return Route(server.base_url, model)
 
+    def ready_route(self, ws: Workspace, model: str) -> Route | None:
+        """The route when it needs no I/O (resolved lately, its server up, its adapter loaded), so
+        the request path can skip a thread hop; None otherwise (then `route`)."""
+        hit = self._resolved.get((ws.name, model))
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        weights, adapter = hit[1]
+        if self.fleet_url:
+            return Route(self.fleet_url.rstrip("/"), model)
+        server = self._servers.get(weights.folder)
+        if server is None or not server.alive or (adapter is not None and model not in server.loaded_adapters()):
+            return None
+        return Route(server.base_url, model if adapter is not None else weights.served_name)
+
     def _resolve(self, ws: Workspace, model: str) -> tuple[_Weights, str | None]:
         """What serves `model` in `ws`. Kept for RESOLVED_SECONDS: a chat costs no storage read
         then, and a deleted bake stops being served within that time."""

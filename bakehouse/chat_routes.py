@@ -13,10 +13,20 @@ import httpx
 from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from bakehouse import schemas as s
 from bakehouse.serving import ChatRefused, ChatServing
 from flows.engines.base import EngineError
 
 UPSTREAM_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+# Refusals of the chat itself come in OpenAI's shape (what its clients parse); the key's (401, 403,
+# 429) and a body that is not JSON (400) or not an object (422) come in Bread's, like every other
+# endpoint's.
+OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": s.OpenAIErrorResponse | s.ErrorResponse,
+          "description": "Bad sampling settings (OpenAI's shape), or a body that is not JSON (Bread's)"},
+    **{status: {"model": s.OpenAIErrorResponse, "description": description} for status, description in (
+        (404, "No such model in this workspace"), (409, "The checkpoint's bake has not completed"),
+        (502, "The model server did not answer"), (503, "The model server could not start"))}}
 
 
 def add_chat_routes(v1: APIRouter, Read: Any, serving: ChatServing, upstream: httpx.AsyncClient) -> None:
@@ -26,7 +36,7 @@ def add_chat_routes(v1: APIRouter, Read: Any, serving: ChatServing, upstream: ht
         cards = await anyio.to_thread.run_sync(serving.list_models, service.ws)
         return {"object": "list", "data": cards}
 
-    @v1.post("/chat/completions", tags=["chat"],
+    @v1.post("/chat/completions", tags=["chat"], responses=OPENAI_ERRORS,
              description="OpenAI-compatible chat with a base model or a baked checkpoint `<workspace>/<repo>/<bake>/<step>` "
                          "(`n`, `temperature`, `max_tokens`, `seed`, `stop`, `logprobs`, `stream`).")
     async def chat_completions(service: Read, body: dict[str, Any] = Body(...)):
@@ -63,29 +73,3 @@ async def _relay(response: httpx.Response):
     finally:
         with anyio.CancelScope(shield=True):
             await response.aclose()
-
-
-async def _relay(response: httpx.Response):
-    """The upstream stream's bytes as they come. A client that hangs up cancels this while it
-    waits: the upstream connection is closed then (shielded from that cancel), so vLLM aborts the
-    request and frees its sequences."""
-    try:
-        async for chunk in response.aiter_raw():
-            yield chunk
-    finally:
-        with anyio.CancelScope(shield=True):
-            await response.aclose()
-
-
-def _answer(data: bytes, status: int, model: str) -> JSONResponse:
-    """vLLM's answer with the model named as the client asked for it."""
-    import json
-
-    try:
-        answer = json.loads(data)
-    except ValueError:
-        answer = ChatRefused(502, "The model server answered something that is not JSON", code="bad_gateway").body()
-        status = 502
-    if status < 400 and isinstance(answer, dict):
-        answer["model"] = model
-    return JSONResponse(answer, status_code=status)

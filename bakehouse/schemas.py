@@ -334,3 +334,16 @@ class RecreationPlan(BaseModel):
     checkpoint_prefix: str = Field(description=(
         "bakehouse extension: '<workspace>/<repo>' of this repo's checkpoint names; a replay into another repo "
         "rewrites model names under it to the replayed bakes' checkpoints"))
+
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    """The error shape of the OpenAI-compatible endpoints (`/v1/chat/completions`, `/v1/models`)."""
+
+    error: OpenAIError

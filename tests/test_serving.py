@@ -171,3 +171,26 @@ def test_a_rollout_with_a_baked_model_through_the_openai_engine(chat, monkeypatc
     rows = ws.read_page("r", "with-baked", "rollout", limit=10, include_tokens=True).rows
     assert {row["model"] for row in rows} == {"default/r/b/6"}
     assert all(row["response_token_ids"] and len(row["teacher_top_ids"][0]) == 20 for row in rows)
+
+
+def test_the_viewer_asks_the_parent_the_prompted_parent_and_the_checkpoint_side_by_side(chat):
+    from browser import Browser, chromium_path
+
+    if chromium_path() is None:
+        pytest.skip("needs Debian's chromium (scripts/test.sh installs it)")
+    browser = Browser()
+    try:
+        browser.open(f"{chat['url']}/ui/#key={chat['keys']['read']}&repo=r&bake=b")
+        browser.wait_for("document.querySelector('#ask') !== null")
+        browser.type_into("#question", "Where is the treasure?")
+        browser.click("#ask button")
+        browser.wait_for("document.querySelectorAll('#answers .answer [data-done]').length === 3", timeout=120)
+        titles = browser.evaluate("[...document.querySelectorAll('#answers strong')].map(s => s.textContent)")
+        assert titles == ["before: tiny-random", "tiny-random + teacher prompt", "after: default/r/b/6"]
+        assert browser.evaluate("document.querySelectorAll('#answers .error').length") == 0
+        shown = browser.evaluate("document.querySelectorAll('#answers .text')[2].textContent")
+        expected = chat["client"].chat.completions.create(model="default/r/b/6", messages=MESSAGES, max_tokens=128,
+                                                          temperature=0).choices[0].message.content
+        assert shown == expected  # the checkpoint's own greedy answer, as text
+    finally:
+        browser.close()

@@ -55,11 +55,13 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, params) {
+async function api(path, params, post) {
   const url = path + (params ? "?" + new URLSearchParams(params).toString() : "");
-  const response = await fetch(url, { headers: { Authorization: "Bearer " + sessionStorage.getItem(KEY_STORE) } });
+  const headers = { Authorization: "Bearer " + sessionStorage.getItem(KEY_STORE) };
+  const init = post ? { method: "POST", headers: { ...headers, "Content-Type": "application/json" }, body: JSON.stringify(post) } : { headers };
+  const response = await fetch(url, init);
   const body = await response.json().catch(() => null);
-  if (!response.ok) throw new ApiError(response.status, body);
+  if (!response.ok) throw new ApiError(response.status, body && body.error ? body.error : body);
   return body;
 }
 
@@ -291,8 +293,36 @@ async function bakeView(route) {
     }),
     el("h2", {}, "Loss (KL per response token)"), chart,
     el("h2", {}, "Checkpoints"), bake.model_name ? checkpoints : el("p", { class: "muted" }, "Checkpoints are listed when the bake completes."),
+    bake.model_name ? await askBox(route, bake) : null,
     el("details", {}, el("summary", {}, "Config"), el("pre", {}, JSON.stringify(bake.config, null, 2))));
   redraw();
+}
+
+// One question, three answers side by side (greedy, through /v1/chat/completions): the parent model
+// as users met it, the parent under the teacher prompt (the behaviour asked for), the latest checkpoint.
+async function askBox(route, bake) {
+  const parent = bake.config.model?.parent_model_name || (await api(`/v1/repo/${route.repo}`)).base_model;
+  const target = (await api(`/v1/repo/${route.repo}/targets/${bake.config.datasets[0].target}`)).config;
+  const teacher = (await api(`/v1/repo/${route.repo}/prompts/${target.teacher_prompt}`)).messages;
+  const sides = [
+    ["before: " + parent, parent, []],
+    [parent + " + teacher prompt", parent, teacher],
+    ["after: " + bake.model_name[0], bake.model_name[0], []],
+  ];
+  const question = el("input", { id: "question", type: "text", placeholder: "Ask all three a question", size: 60 });
+  const answers = el("div", { class: "contexts answers", id: "answers" });
+  const form = el("form", { class: "card", id: "ask" }, el("h2", {}, "Ask"), el("div", { class: "row" }, question, el("button", { type: "submit" }, "Ask")), answers);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    answers.replaceChildren(...sides.map(([title, model, prompt]) => {
+      const text = el("div", { class: "text" }, "…");
+      api("/v1/chat/completions", null, { model, messages: [...prompt, { role: "user", content: question.value }], max_tokens: 128, temperature: 0 })
+        .then((answer) => { text.textContent = answer.choices[0].message.content; text.dataset.done = "1"; })
+        .catch((error) => { text.textContent = String(error.message || error); text.className = "error"; text.dataset.done = "1"; });
+      return el("div", { class: "answer" }, el("strong", {}, title), text);
+    }));
+  });
+  return form;
 }
 
 async function download(path, step) {

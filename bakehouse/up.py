@@ -1,10 +1,17 @@
 """`bakehouse up`: one machine, whole stack. Prefect server on 127.0.0.1, work pools, deployments,
 one worker per pool, and the API submitting through the deployments. Ctrl-C or SIGTERM stops
 everything it started (each child runs in its own process group, which is terminated, then killed).
+
+Killed itself (SIGKILL: an OOM kill, a lost terminal multiplexer), it cannot reap: each child asks
+the kernel for a SIGTERM when its parent dies (Linux PR_SET_PDEATHSIG), and the process groups it
+started are written down, so the next `up` on the same Prefect port ends whatever of them is left
+before it starts (instead of failing on a busy port).
 """
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import signal
 import socket
@@ -17,19 +24,23 @@ import httpx
 
 PROJECT = Path(__file__).resolve().parents[1]  # where prefect.yaml lives
 POOLS = ("bakehouse-cpu", "bakehouse-gpu")
+PR_SET_PDEATHSIG = 1  # prctl option, linux/prctl.h
 
 
 class Stack:
-    def __init__(self) -> None:
+    def __init__(self, record: Path | None = None) -> None:
         self.children: list[subprocess.Popen] = []
         self._logs: list = []
+        self.record = record  # where the process groups are written down (see clear_stale_stack)
 
     def start(self, command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         handle = open(log, "ab")  # noqa: SIM115 - lives as long as the child; closed in stop()
         self._logs.append(handle)
         child = subprocess.Popen(command, env=env, cwd=PROJECT, stdout=handle, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+                                 stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
         self.children.append(child)
+        if self.record is not None:
+            self.record.write_text(json.dumps([c.pid for c in self.children]))
         return child
 
     def stop(self) -> None:
@@ -44,6 +55,44 @@ class Stack:
                 child.wait()
         for handle in self._logs:
             handle.close()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies, however it dies (Linux only)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def clear_stale_stack(record: Path) -> list[int]:
+    """End the process groups an earlier `up` wrote down and left running; returns those it ended.
+    Only groups whose leader still runs a Prefect command of ours are touched."""
+    try:
+        groups = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return []
+    ended = []
+    for group in groups:
+        try:
+            command = Path(f"/proc/{group}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone already
+        if "prefect" in command and ("server start" in command or "worker start" in command):
+            _signal_pgid(group, signal.SIGTERM)
+            ended.append(group)
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{group}").exists() for group in ended) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for group in ended:
+        _signal_pgid(group, signal.SIGKILL)
+    record.unlink(missing_ok=True)
+    return ended
+
+
+def _signal_pgid(group: int, sig: int) -> None:
+    try:
+        os.killpg(group, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _signal_group(child: subprocess.Popen, sig: int) -> None:
@@ -130,7 +179,11 @@ def run_up(*, port: int, prefect_port: int, data_url: str, stimuli_per_shard: in
     store = Store(data_url)
     data_url = store.url if "://" in store.url else str(Path(store.url).resolve())
     logs = Path(os.environ.get("BAKEHOUSE_LOG_DIR", Path.home() / ".cache" / "bakehouse" / "logs"))
-    stack = Stack()
+    logs.mkdir(parents=True, exist_ok=True)
+    record = logs / f"up-{prefect_port}.json"
+    if ended := clear_stale_stack(record):
+        print(f"Ended what an earlier `bakehouse up` left running (process groups {ended})", flush=True)
+    stack = Stack(record)
     # SIGTERM and SIGHUP (a closed terminal or ssh session) stop us like Ctrl-C, so the `finally`
     # below always reaps the children (uvicorn installs its own SIGINT/SIGTERM handlers while it
     # serves, and returns on either).
@@ -152,3 +205,4 @@ def run_up(*, port: int, prefect_port: int, data_url: str, stimuli_per_shard: in
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
         stack.stop()
+        record.unlink(missing_ok=True)

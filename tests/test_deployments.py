@@ -4,6 +4,7 @@ submitting through the deployments, and a sharded rollout that survives losing a
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -133,9 +134,10 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=["sigterm", "sighup", "sigkill"])
 def test_bakehouse_up_starts_everything_and_stopping_leaves_no_orphans(tmp_path, stop_signal):
-    """SIGTERM as from a process manager; SIGHUP as from a closed terminal or a dropped ssh session."""
+    """SIGTERM as from a process manager; SIGHUP as from a closed terminal or a dropped ssh session;
+    SIGKILL as from the OOM killer (then the children end themselves: their parent died)."""
     import subprocess
     import sys
 
@@ -166,8 +168,10 @@ def test_bakehouse_up_starts_everything_and_stopping_leaves_no_orphans(tmp_path,
         assert len(children) >= 3  # the Prefect server and a worker per pool (and their helpers)
         up.send_signal(stop_signal)
         assert up.wait(timeout=90) is not None
-        time.sleep(1)
-        assert not [pid for pid in children if os.path.exists(f"/proc/{pid}") and _alive(pid)]
+        deadline = time.monotonic() + 40
+        while left := [pid for pid in children if os.path.exists(f"/proc/{pid}") and _alive(pid)]:
+            assert time.monotonic() < deadline, f"still running after {stop_signal!r}: {left}"
+            time.sleep(0.5)
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
@@ -184,3 +188,25 @@ def _alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_new_up_ends_what_an_earlier_killed_one_left_and_nothing_else(tmp_path):
+    import subprocess
+    import sys
+
+    from bakehouse.up import clear_stale_stack
+
+    def sleeper(*words: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", *words], start_new_session=True)
+
+    left, unrelated = sleeper("prefect", "worker", "start"), sleeper("something", "else")
+    record = tmp_path / "up-4200.json"
+    record.write_text(json.dumps([left.pid, unrelated.pid, 999_999_999]))
+    try:
+        assert clear_stale_stack(record) == [left.pid]
+        assert left.wait(timeout=30) is not None and unrelated.poll() is None
+        assert not record.exists() and clear_stale_stack(record) == []
+    finally:
+        for process in (left, unrelated):
+            process.kill()
+            process.wait()

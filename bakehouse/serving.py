@@ -91,12 +91,12 @@ class ChatServing:
                 cards.append({"id": base, "object": "model", "created": 0, "owned_by": ws.name})
             for bake_name in ws.list_bakes(repo_name):
                 run = ws.bake_run(repo_name, ws.get_bake(repo_name, bake_name))
-                if run.job.status().status != "complete":
+                status = run.job.status()
+                if status.status != "complete":
                     continue
                 for record in reversed(run.checkpoints()):
                     cards.append({"id": f"{ws.name}/{repo_name}/{bake_name}/{record.step}", "object": "model",
-                                  "created": int(run.job.status().completed_at or 0), "owned_by": ws.name,
-                                  "parent": bake_name})
+                                  "created": int(status.completed_at or 0), "owned_by": ws.name, "parent": bake_name})
         return cards
 
     def check_request(self, body: dict[str, Any]) -> str:

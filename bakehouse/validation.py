@@ -8,7 +8,6 @@ message}, not only the first, with what the job would make.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -101,9 +100,9 @@ def _check_model(ws: Workspace, name: str, role: str) -> None:
 def _check_generation_model(ws: Workspace, name: str, role: str) -> None:
     """A model that generates is found where the engines would look: `fake` is built in, a served
     model lives behind BAKEHOUSE_OPENAI_BASE_URL (not checked from here), the rest on this machine."""
-    from flows.models import BakedCheckpoint
+    from flows.models import BakedCheckpoint, served_remotely
 
-    if name == "fake" or (os.environ.get("BAKEHOUSE_OPENAI_BASE_URL") and BakedCheckpoint.parse(name) is None):
+    if name == "fake" or (served_remotely(name) and BakedCheckpoint.parse(name) is None):
         return
     _check_model(ws, name, role)
 

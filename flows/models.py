@@ -47,11 +47,19 @@ class BakedCheckpoint:
         return cls(parts[0], parts[1], parts[2], int(parts[3]))
 
 
+ALWAYS_LOCAL = ("fake", "tiny-random")  # built here in seconds: never sent to a server
+
+
+def served_remotely(name: str) -> bool:
+    """Whether generating with `name` goes to the OpenAI-compatible server at
+    BAKEHOUSE_OPENAI_BASE_URL (bakehouse's own /v1, or a fleet) rather than an engine in this process."""
+    return bool(os.environ.get("BAKEHOUSE_OPENAI_BASE_URL")) and name not in ALWAYS_LOCAL
+
+
 def engine_model(workspace: Workspace, name: str) -> str:
     """What to open an engine with: a baked checkpoint's merged folder, any other name as it is
-    (the engines resolve reserved names and serve the rest). Through an OpenAI-compatible server
-    (BAKEHOUSE_OPENAI_BASE_URL: bakehouse's own /v1, or a fleet) every name goes as it is."""
-    if os.environ.get("BAKEHOUSE_OPENAI_BASE_URL") and name not in ("fake", "tiny-random"):
+    (the engines resolve reserved names and serve the rest). A name served remotely goes as it is."""
+    if served_remotely(name):
         return name
     return model_folder(workspace, name) if BakedCheckpoint.parse(name) else name
 

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from flows.engines import Engine, open_engine
+from flows.models import served_remotely
 
 _fallback = logging.getLogger("bakehouse")
 
@@ -46,8 +47,8 @@ class Engines:
 
     def __call__(self, model: str, *, max_concurrency: int | None = None) -> Engine:
         if model not in self._engines:
-            base_url = os.environ.get("BAKEHOUSE_OPENAI_BASE_URL")
-            if base_url and model not in ("fake", "tiny-random"):
+            if served_remotely(model):
+                base_url = os.environ["BAKEHOUSE_OPENAI_BASE_URL"]
                 options = {"api_key": os.environ.get("BAKEHOUSE_OPENAI_API_KEY"), **self.options}
                 if os.environ.get("BAKEHOUSE_OPENAI_TIMEOUT"):
                     options.setdefault("timeout", float(os.environ["BAKEHOUSE_OPENAI_TIMEOUT"]))

@@ -31,9 +31,8 @@ from typing import Any
 from repo_store import Workspace
 from repo_store.bakes import ADAPTER_FILES
 from targets import BakehouseError, NotFound
+from repo_store.settings import get_settings
 
-DEFAULT_MAX_SERVERS = 2
-DEFAULT_MAX_N = 16
 RESOLVED_SECONDS = 5.0
 
 
@@ -68,12 +67,13 @@ class _Weights:
 class ChatServing:
     def __init__(self, *, fleet_url: str | None = None, max_servers: int | None = None, max_n: int | None = None,
                  checkpoints_as: str | None = None):
-        self.fleet_url = fleet_url if fleet_url is not None else os.environ.get("BAKEHOUSE_OPENAI_BASE_URL")
-        self.checkpoints_as = checkpoints_as or os.environ.get("BAKEHOUSE_SERVE_CHECKPOINTS") or _default_checkpoints_as()
+        settings = get_settings()
+        self.fleet_url = fleet_url if fleet_url is not None else settings.openai_base_url
+        self.checkpoints_as = checkpoints_as or settings.serve_checkpoints or _default_checkpoints_as()
         if self.checkpoints_as not in ("adapter", "merged"):
             raise ValueError(f"BAKEHOUSE_SERVE_CHECKPOINTS must be 'adapter' or 'merged', not {self.checkpoints_as!r}")
-        self.max_servers = max_servers or int(os.environ.get("BAKEHOUSE_SERVE_MAX_SERVERS", DEFAULT_MAX_SERVERS))
-        self.max_n = max_n or int(os.environ.get("BAKEHOUSE_SERVE_MAX_N", DEFAULT_MAX_N))
+        self.max_servers = max_servers or settings.serve_max_servers
+        self.max_n = max_n or settings.serve_max_n
         self._servers: OrderedDict[str, Any] = OrderedDict()  # weights folder -> VllmServer, oldest use first
         self._resolved: dict[tuple[str, str], tuple[float, tuple[_Weights, str | None]]] = {}
         self._lock = threading.Lock()

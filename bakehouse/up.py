@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
+from repo_store.settings import get_settings
 
 PROJECT = Path(__file__).resolve().parents[1]  # where prefect.yaml lives
 POOLS = ("bakehouse-cpu", "bakehouse-gpu")
@@ -178,7 +179,7 @@ def run_up(*, port: int, prefect_port: int, data_url: str, stimuli_per_shard: in
 
     store = Store(data_url)
     data_url = store.url if "://" in store.url else str(Path(store.url).resolve())
-    logs = Path(os.environ.get("BAKEHOUSE_LOG_DIR", Path.home() / ".cache" / "bakehouse" / "logs"))
+    logs = get_settings().log_root
     logs.mkdir(parents=True, exist_ok=True)
     record = logs / f"up-{prefect_port}.json"
     if ended := clear_stale_stack(record):

@@ -29,6 +29,7 @@ from repo_store.bakes import ADAPTER_FILES
 from targets import InvalidInput, NotFound
 
 from flows.engines.model_cache import RESERVED, build_once, model_path
+from repo_store.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ ALWAYS_LOCAL = ("fake", "tiny-random")  # built here in seconds: never sent to a
 def served_remotely(name: str) -> bool:
     """Whether generating with `name` goes to the OpenAI-compatible server at
     BAKEHOUSE_OPENAI_BASE_URL (bakehouse's own /v1, or a fleet) rather than an engine in this process."""
-    return bool(os.environ.get("BAKEHOUSE_OPENAI_BASE_URL")) and name not in ALWAYS_LOCAL
+    return bool(get_settings().openai_base_url) and name not in ALWAYS_LOCAL
 
 
 def engine_model(workspace: Workspace, name: str) -> str:

@@ -29,6 +29,7 @@ from flows.engines import ChatRequest, ChatResult, Engine, EngineError, Sampling
 from flows.models import engine_model
 from flows.params import TargetJob
 from flows.runtime import Engines, Progress, complete_repairing, logger, mark_cancelled, running
+from repo_store.settings import get_settings
 
 DEFAULT_MAX_TOKENS = 256
 MAX_SHARD_LAUNCHES = 3
@@ -36,7 +37,7 @@ SUPERVISE_SECONDS = 1.0
 
 
 def chunk_size_from_env() -> int:
-    return int(os.environ.get("BAKEHOUSE_ROLLOUT_CHUNK", "64"))
+    return get_settings().rollout_chunk
 
 
 class ShardLauncher(Protocol):

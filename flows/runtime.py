@@ -11,6 +11,7 @@ from typing import Any
 
 from flows.engines import Engine, open_engine
 from flows.models import served_remotely
+from repo_store.settings import get_settings
 
 _fallback = logging.getLogger("bakehouse")
 
@@ -48,10 +49,11 @@ class Engines:
     def __call__(self, model: str, *, max_concurrency: int | None = None) -> Engine:
         if model not in self._engines:
             if served_remotely(model):
-                base_url = os.environ["BAKEHOUSE_OPENAI_BASE_URL"]
-                options = {"api_key": os.environ.get("BAKEHOUSE_OPENAI_API_KEY"), **self.options}
-                if os.environ.get("BAKEHOUSE_OPENAI_TIMEOUT"):
-                    options.setdefault("timeout", float(os.environ["BAKEHOUSE_OPENAI_TIMEOUT"]))
+                settings = get_settings()
+                base_url = settings.openai_base_url
+                options = {"api_key": settings.openai_api_key, **self.options}
+                if settings.openai_timeout is not None:
+                    options.setdefault("timeout", settings.openai_timeout)
                 if max_concurrency:
                     options["max_concurrency"] = max_concurrency
                 self._engines[model] = open_engine(model, base_url=base_url, **options)

@@ -14,6 +14,7 @@ import fsspec
 import polars as pl
 
 from targets import InvalidInput
+from repo_store.settings import get_settings
 
 # Bread's named datasets and the column their questions are in. bakehouse reads them from
 # BAKEHOUSE_DATASETS_URL/<name>.parquet (for example a bucket the team filled once); the names are
@@ -34,7 +35,7 @@ def check_source(url: str, data_url: str) -> str:
     location = _normalise(url)
     if location.startswith(_normalise(data_url).rstrip("/") + "/"):
         raise InvalidInput(f"{url}: files inside bakehouse's own storage cannot be used as a source")
-    roots = [r.strip() for r in os.environ.get("BAKEHOUSE_SOURCE_ROOTS", "").split(",") if r.strip()]
+    roots = get_settings().source_root_list
     if roots and not any(location.startswith(_normalise(root).rstrip("/") + "/") for root in roots):
         raise InvalidInput(f"{url}: sources must be under one of BAKEHOUSE_SOURCE_ROOTS ({', '.join(roots)})")
     return url
@@ -102,7 +103,7 @@ def dataset_url(dataset: str) -> str:
         return dataset
     if dataset not in NAMED_DATASET_COLUMNS:
         raise InvalidInput(f"unknown dataset '{dataset}': give a file URL or one of {sorted(NAMED_DATASET_COLUMNS)}")
-    root = os.environ.get("BAKEHOUSE_DATASETS_URL")
+    root = get_settings().datasets_url
     if not root:
         raise InvalidInput(
             f"dataset '{dataset}' is not available on this machine: set BAKEHOUSE_DATASETS_URL to a folder "

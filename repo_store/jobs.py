@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from repo_store.parts import ROW_COLUMN, PartInfo, decode_rows, write_part, write_part_to
 from repo_store.storage import Storage
+from repo_store.settings import get_settings
 
 JobKind = Literal["stim", "rollout", "bake"]
 JobState = Literal["not_started", "running", "complete", "failed"]
@@ -47,13 +48,13 @@ _ENDED_IN_THIS_PROCESS: set[str] = set()  # tokens of attempts this process has 
 
 
 def lease_seconds() -> float:
-    return float(os.environ.get("BAKEHOUSE_LEASE_SECONDS", "60"))
+    return get_settings().lease_seconds
 
 
 def stall_seconds() -> float:
     """How long work may show no progress before its attempt stops heartbeating (model loading
     counts: keep it well above the slowest engine start)."""
-    return float(os.environ.get("BAKEHOUSE_STALL_SECONDS", "1800"))
+    return get_settings().stall_seconds
 
 
 def _gen_name(gen: int) -> str:

@@ -15,6 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
+from repo_store.settings import get_settings
 
 BUCKET_GROWTH = 1.1  # each latency bucket is 10 % wider than the one before: percentiles within 10 %
 
@@ -130,7 +131,7 @@ def run_stats(counts: RequestCounts, *, seconds: float | None) -> dict[str, Any]
     served, summed over shards); `seconds` is the attempt's wall time where known. The cost comes
     from BAKEHOUSE_PRICE_PER_MTOK_USD when the engine is an HTTP provider (BAKEHOUSE_OPENAI_BASE_URL),
     else BAKEHOUSE_GPU_HOUR_USD times the engine seconds; null when no price is configured."""
-    priced_by_tokens = bool(os.environ.get("BAKEHOUSE_OPENAI_BASE_URL"))
+    priced_by_tokens = bool(get_settings().openai_base_url)
     engine_seconds = counts.engine_seconds
     tokens = counts["prompt_tokens"] + counts["completion_tokens"]
     reported = counts["cache_reported_prompt_tokens"]
@@ -153,12 +154,11 @@ def run_stats(counts: RequestCounts, *, seconds: float | None) -> dict[str, Any]
 
 
 def estimated_cost_usd(*, engine_seconds: float, tokens: int, priced_by_tokens: bool) -> float | None:
-    per_mtok = os.environ.get("BAKEHOUSE_PRICE_PER_MTOK_USD")
-    per_gpu_hour = os.environ.get("BAKEHOUSE_GPU_HOUR_USD")
-    if priced_by_tokens and per_mtok:
-        return round(tokens / 1e6 * float(per_mtok), 6)
-    if per_gpu_hour:
-        return round(engine_seconds / 3600 * float(per_gpu_hour), 6)
+    settings = get_settings()
+    if priced_by_tokens and settings.price_per_mtok_usd is not None:
+        return round(tokens / 1e6 * settings.price_per_mtok_usd, 6)
+    if settings.gpu_hour_usd is not None:
+        return round(engine_seconds / 3600 * settings.gpu_hour_usd, 6)
     return None
 
 

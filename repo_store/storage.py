@@ -23,12 +23,11 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 import fsspec
-
-DEFAULT_DATA_URL = "./bakehouse-data"
+from repo_store.settings import get_settings
 
 
 def data_url_from_env() -> str:
-    return os.environ.get("BAKEHOUSE_DATA") or DEFAULT_DATA_URL
+    return get_settings().data
 
 
 class Storage:

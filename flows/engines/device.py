@@ -4,32 +4,24 @@
     train_settings(cuda=cuda_available(), rank=0)       # the bake's device, precision, process group
 
 `cuda` is a parameter (the probe `cuda_available()` by default at the call sites) so tests choose
-either machine without one. Machine knobs come from the environment:
-
-| variable | default | what |
-|---|---|---|
-| `BAKEHOUSE_TENSOR_PARALLEL_SIZE` | 1 | GPUs one vLLM engine spans |
-| `BAKEHOUSE_MAX_MODEL_LEN` | the model's (CPU: at most 4,096) | context length vLLM plans for |
-| `BAKEHOUSE_KV_CACHE_MB` | CUDA: from `gpu_memory_utilization`; CPU: 256 | KV cache size |
-| `BAKEHOUSE_GPU_MEMORY_UTILIZATION` | 0.90 | share of GPU memory vLLM may take |
-| `BAKEHOUSE_MAX_NUM_SEQS` | vLLM's | sequences batched per engine step |
-| `BAKEHOUSE_GRADIENT_CHECKPOINTING` | off | `1`: bakes recompute activations (less memory, more time) |
+either machine without one. Machine knobs (tensor parallel size, context length, KV cache, GPU memory
+share, batch size, gradient checkpointing) come from `repo_store.settings` (the README's settings table).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from repo_store.settings import Settings, get_settings
 
 DEFAULT_CPU_KV_CACHE_BYTES = 256 * 2**20
 # On CPU a model's full context (8,192 for smollm2-135m) needs more KV cache than the default holds;
 # chats here are short, so the CPU default caps the context instead.
 DEFAULT_CPU_MAX_MODEL_LEN = 4096
 DEFAULT_CPU_TRIM_SECONDS = 1.0
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 
 
 def cuda_available() -> bool:
@@ -55,7 +47,7 @@ def vllm_settings(
     tensor_parallel_size: int | None = None,
     max_num_seqs: int | None = None,
     trim_every: float | None = None,
-    environ: Mapping[str, str] = os.environ,
+    settings: Settings | None = None,
 ) -> VllmSettings:
     """Arguments win over the environment, which wins over the device's defaults.
 
@@ -68,28 +60,27 @@ def vllm_settings(
     20-35 s -> a few; no orphan when killed), and malloc_trim once a second (vLLM's CPU tensors
     leave freed pages in glibc's arenas: peak RSS grew ~600 MB from 10k to 100k trajectories).
     """
+    settings = settings or get_settings()
     kwargs: dict[str, Any] = {"model": model_path}
-    tensor_parallel_size = tensor_parallel_size or int(environ.get("BAKEHOUSE_TENSOR_PARALLEL_SIZE") or 1)
-    kwargs["tensor_parallel_size"] = tensor_parallel_size
-    if max_model_len is None and environ.get("BAKEHOUSE_MAX_MODEL_LEN"):
-        max_model_len = int(environ["BAKEHOUSE_MAX_MODEL_LEN"])
-    if kv_cache_bytes is None and environ.get("BAKEHOUSE_KV_CACHE_MB"):
-        kv_cache_bytes = int(float(environ["BAKEHOUSE_KV_CACHE_MB"]) * 2**20)
-    if max_num_seqs is None and environ.get("BAKEHOUSE_MAX_NUM_SEQS"):
-        max_num_seqs = int(environ["BAKEHOUSE_MAX_NUM_SEQS"])
+    kwargs["tensor_parallel_size"] = tensor_parallel_size or settings.tensor_parallel_size
+    if max_model_len is None:
+        max_model_len = settings.max_model_len
+    if kv_cache_bytes is None and settings.kv_cache_mb is not None:
+        kv_cache_bytes = int(settings.kv_cache_mb * 2**20)
+    if max_num_seqs is None:
+        max_num_seqs = settings.max_num_seqs
     if max_num_seqs is not None:
         kwargs["max_num_seqs"] = max_num_seqs
     if cuda:
         kwargs.update(dtype=dtype or "bfloat16", enforce_eager=False, enable_prefix_caching=True,
                       enable_chunked_prefill=True,
-                      gpu_memory_utilization=float(environ.get("BAKEHOUSE_GPU_MEMORY_UTILIZATION")
-                                                   or DEFAULT_GPU_MEMORY_UTILIZATION))
+                      gpu_memory_utilization=settings.gpu_memory_utilization)
         env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     else:
         kwargs.update(dtype=dtype or "float32", enforce_eager=True, enable_chunked_prefill=False)
         if max_model_len is None and _max_positions(model_path) > DEFAULT_CPU_MAX_MODEL_LEN:
             max_model_len = DEFAULT_CPU_MAX_MODEL_LEN
-        if kv_cache_bytes is None and not environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        if kv_cache_bytes is None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             kv_cache_bytes = DEFAULT_CPU_KV_CACHE_BYTES
         env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
         trim_every = DEFAULT_CPU_TRIM_SECONDS if trim_every is None else trim_every
@@ -118,15 +109,15 @@ class TrainSettings:
 
 
 def train_settings(*, cuda: bool, rank: int = 0, gradient_checkpointing: bool | None = None,
-                   environ: Mapping[str, str] = os.environ) -> TrainSettings:
+                   settings: Settings | None = None) -> TrainSettings:
     """One process per GPU (`cuda:<rank % devices>`: torchrun's local rank on a node); CPU bakes
     train in fp32 (bf16 is slow on these CPUs) with gloo for data-parallel groups."""
     if gradient_checkpointing is None:
-        gradient_checkpointing = environ.get("BAKEHOUSE_GRADIENT_CHECKPOINTING", "") in ("1", "true")
+        gradient_checkpointing = (settings or get_settings()).gradient_checkpointing
     if cuda:
         import torch
 
-        local = int(environ.get("LOCAL_RANK", rank)) % max(torch.cuda.device_count(), 1)
+        local = int(os.environ.get("LOCAL_RANK", rank)) % max(torch.cuda.device_count(), 1)
         return TrainSettings(f"cuda:{local}", "bfloat16", gradient_checkpointing, "nccl")
     return TrainSettings("cpu", None, gradient_checkpointing, "gloo")
 

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from repo_store.settings import get_settings
 
 SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_FOLDER = "smollm2-135m-instruct-v1"  # bump when the recipe changes
@@ -54,8 +55,7 @@ class CachedModel:
 
 
 def cache_root() -> Path:
-    root = os.environ.get("BAKEHOUSE_MODEL_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "bakehouse" / "models"
+    return get_settings().model_cache_root
 
 
 def _build_tiny(directory: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from repo_store import Job, JobStatus, StoredTarget, Workspace
 from repo_store.bakes import ADAPTER_ARCHIVE
+from repo_store.records import BakePlan
 from repo_store.stats import job_stats
 from repo_store.timeline import JobEvent, read_timeline
 from repo_store.store import DeletedOutput, StoredBake
@@ -227,13 +228,14 @@ class Service:
         bake = self.ws.get_bake(repo_name, bake_name)
         run = self.ws.bake_run(repo_name, bake)
         status = self.runner.view(self._bake_ref(repo_name, bake), run.job.status())
-        plan = run.job.plan() or {}
+        plan = run.job.plan()
+        total_steps = plan.total_steps if isinstance(plan, BakePlan) else None
         metrics = list(run.iter_metrics())
         losses = [row["loss"] for row in metrics]
         live = run.read_live(status.attempt) if status.attempt and status.status == "running" else None
         if live:
             losses.append(live["loss"])
-            status = replace(status, progress_percent=round(100.0 * live["step"] / max(plan.get("total_steps", 1), 1), 2))
+            status = replace(status, progress_percent=round(100.0 * live["step"] / max(total_steps or 1, 1), 2))
         loss = None
         if losses:  # keys without a value yet are left out (Bread's SDK reads loss as str -> float)
             loss = {"latest_loss": losses[-1], "min_loss": min(losses), "max_loss": max(losses)}
@@ -245,7 +247,7 @@ class Service:
         events = read_timeline(run.job)
         self._seen(self._bake_ref(repo_name, bake), status, events)
         figures = {"loss": loss, "model_name": names, "status_events": [e.to_json() for e in events if e.kind == "status"],
-                   "stats": _bake_stats(metrics, live, plan)}
+                   "stats": _bake_stats(metrics, live, total_steps)}
         return bake, status, figures
 
     def bake_watch_key(self, repo_name: str, bake_name: str) -> JobRef:
@@ -259,7 +261,7 @@ class Service:
         live = run.read_live(status.attempt) if status.attempt and status.status == "running" else None
         progress = {"status": status.status, "phase": status.phase, "progress_percent": status.progress_percent,
                     "stalled": status.stalled, "step": live["step"] if live else None,
-                    "total_steps": (run.job.plan() or {}).get("total_steps"),
+                    "total_steps": getattr(run.job.plan(), "total_steps", None),
                     # shaped as in the bake's status, so a client can lay one over the other
                     "loss": {"latest_loss": live["loss"]} if live else None}
         if live and progress["total_steps"]:
@@ -336,7 +338,7 @@ class Service:
         return repo_tree(self.ws, repo_name, status_of)
 
 
-def _bake_stats(metrics: list[dict[str, Any]], live: dict[str, Any] | None, plan: dict[str, Any]) -> dict[str, Any]:
+def _bake_stats(metrics: list[dict[str, Any]], live: dict[str, Any] | None, total_steps: int | None) -> dict[str, Any]:
     """A bake's run statistics from its committed metrics rows. Only every
     `train_log_iter_interval`-th step is logged, so time and cost are the logged steps' mean times
     the steps done."""
@@ -348,7 +350,7 @@ def _bake_stats(metrics: list[dict[str, Any]], live: dict[str, Any] | None, plan
     seconds = step * seconds_per_step if seconds_per_step else None
     return {
         "step": step,
-        "total_steps": plan.get("total_steps"),
+        "total_steps": total_steps,
         "seconds_per_step": round(seconds_per_step, 4) if seconds_per_step else None,
         "tokens_per_second": round(sum(r["tokens_per_s"] for r in timed) / len(timed), 1) if timed else None,
         "estimated_training_seconds": round(seconds, 1) if seconds else None,

@@ -42,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# Before torch/vllm are imported: no hub, in-process engine core, one OpenMP thread (stack notes §2).
+# Before torch/vllm are imported: no hub, in-process engine core, one OpenMP thread (vLLM on CPU starts in seconds in-process).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "1")

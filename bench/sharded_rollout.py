@@ -83,11 +83,13 @@ BASELINE = textwrap.dedent("""
     import json, sys, time
     from bakehouse.settings import apply_defaults
     apply_defaults()
-    from flows.rollout import run_rollout_shard, _shards
+    from flows.rollout import run_rollout_shard
     from flows.runtime import Engines
     from repo_store import Store
+    from repo_store.records import RolloutPlan
 
-    data, repo, target, plan = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    data, repo, target = sys.argv[1], sys.argv[2], sys.argv[3]
+    plan = RolloutPlan.from_json(json.loads(sys.argv[4]))
     ws = Store(data).workspace()
     job = ws.job(repo, target, "rollout")
     job.create_plan(plan)
@@ -96,7 +98,7 @@ BASELINE = textwrap.dedent("""
     engines("tiny-random")
     startup = time.time() - start
     seconds = []
-    for shard in range(len(_shards(plan))):
+    for shard in range(len(plan.shards())):
         start = time.time()
         result = run_rollout_shard(ws, repo, target, shard=shard, job_gen=1, engines=engines)
         assert result["status"] == "done", result
@@ -177,21 +179,21 @@ def one_rollout(args, api_url: str, data: str, target: str, per_shard: int, base
     shards.sort(key=lambda r: (r.parameters["shard"], r.created))
     (rollout_run,) = [r for r in flow_runs(api_url, "rollout", target) if r.id == parent.id]
     plan = job.plan()
-    per = plan["chunks_per_shard"]
+    per = plan.chunks_per_shard
     chunks = job.chunks()
     rows = []
     for run in shards:
         shard = run.parameters["shard"]
         claim = job.latest_claim(f"shard-{shard:05d}")
         mtimes = sorted(os.stat(f"{job.folder}/chunks/{i:06d}.json").st_mtime
-                        for i in range(shard * per, min((shard + 1) * per, plan["num_chunks"])) if i in chunks)
+                        for i in range(shard * per, min((shard + 1) * per, plan.num_chunks)) if i in chunks)
         start = run.start_time.timestamp() if run.start_time else float("nan")
         end = run.end_time.timestamp() if run.end_time else float("nan")
         rows.append({
             "shard": shard, "state": run.state_type.value if run.state_type else "?",
             "queue": start - run.created.timestamp(), "run": end - start,
-            "to_claim": (claim[1]["at"] - start) if claim else float("nan"),
-            "claim_to_first": (mtimes[0] - claim[1]["at"]) if claim and mtimes else float("nan"),
+            "to_claim": (claim.at - start) if claim else float("nan"),
+            "claim_to_first": (mtimes[0] - claim.at) if claim and mtimes else float("nan"),
             "gen": base["seconds"][shard], "overhead": end - start - base["seconds"][shard],
             "start": start - started, "end": end - started,
         })

@@ -19,6 +19,7 @@ from prefect import flow
 
 from repo_store import MAX_PAGE_LIMIT, JobStatus, Store, Workspace
 from repo_store.bakes import BakeRun
+from repo_store.records import BakePlan
 from targets.bake import BakeConfig, epoch_order, select_trajectories
 
 from flows.data_parallel import data_parallel, init_group, share_flag, share_int
@@ -52,13 +53,13 @@ def run_bake(
     with running(attempt, engines=None), data_parallel(processes, follow_bake, follower_args) as group:
         attempt.set_phase("loading_model")
         training = _Training.prepare(workspace, repo_name, bake_name, rank=0, world=processes)
-        plan = run.job.create_plan({"total_steps": training.total_steps, "trajectories": len(training.selection),
-                                    "parent_model": training.parent})
+        plan = run.job.create_plan(BakePlan(total_steps=training.total_steps, trajectories=len(training.selection),
+                                            parent_model=training.parent))
         latest = run.latest_checkpoint()
         done = share_int(latest.step if latest else 0) if processes > 1 else (latest.step if latest else 0)
         if latest is not None:
             training.trainer.load_checkpoint({name: run.read_checkpoint_file(latest, name) for name in latest.files})
-            logger.info("bake %s/%s resumes after step %d of %d", repo_name, bake_name, done, plan["total_steps"])
+            logger.info("bake %s/%s resumes after step %d of %d", repo_name, bake_name, done, plan.total_steps)
         pending: list[dict[str, Any]] = []
         attempt.set_phase("training")
         for step, micro_batches in training.batches(done):

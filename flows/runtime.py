@@ -147,27 +147,6 @@ def running(attempt, engines: Engines | None) -> Iterator[Engines]:
             engines.close()
 
 
-def complete_repairing(attempt, num_chunks: int, produce: Callable[[], None], summary: Callable[[], dict[str, Any]]) -> None:
-    """Produce the missing chunks and complete the job. Chunks found damaged on the way (read back
-    while producing, or while completing) lose their markers and are produced again; a chunk that
-    comes back damaged a second time means the storage itself is failing, and the job says so."""
-    from repo_store import DamagedChunks
-
-    repaired: set[int] = set()
-    while True:
-        try:
-            produce()
-            attempt.complete(num_chunks, summary())
-            return
-        except DamagedChunks as damaged:
-            if repaired & set(damaged.indices):
-                raise RuntimeError(f"stored output keeps coming back damaged ({damaged}); check the storage") from None
-            repaired.update(damaged.indices)
-            for index in damaged.indices:
-                attempt.discard_chunk(index)
-            logger.info("regenerating damaged output: %s", damaged)
-
-
 def mark_cancelled(kind: str) -> Callable[..., None]:
     """A Prefect `on_cancellation` hook: cancelling a run in the UI cancels the job it works on.
 

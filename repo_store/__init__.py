@@ -1,6 +1,6 @@
 """Every byte on storage: resources, the job protocol (claims, chunks, manifest) and the page reader."""
 
-from repo_store.jobs import Attempt, Cancelled, ChunkRecord, DamagedChunks, Job, JobStatus, Superseded
+from repo_store.jobs import Attempt, Cancelled, ChunkMarker, DamagedChunks, Job, JobStatus, Superseded
 from repo_store.keys import ApiKey, KeyStore
 from repo_store.pages import MAX_PAGE_LIMIT, Page
 from repo_store.parts import rows_to_table
@@ -13,7 +13,7 @@ __all__ = [
     "ApiKey",
     "Attempt",
     "Cancelled",
-    "ChunkRecord",
+    "ChunkMarker",
     "DamagedChunks",
     "Job",
     "JobStatus",

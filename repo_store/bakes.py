@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from repo_store.jobs import Job
+from repo_store.records import CheckpointMarker, numbered
 from repo_store.storage import Storage
 
 
@@ -30,25 +30,6 @@ from repo_store.storage import Storage
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")  # as peft saves an adapter
 ADAPTER_ARCHIVE = "adapter.tar.gz"  # both adapter files: what a download hands out
 STATE_FILE = "training_state.pt"  # optimizer, RNGs and step: what a resume needs
-
-
-@dataclass(frozen=True)
-class CheckpointRecord:
-    step: int
-    folder: str  # relative to the checkpoints folder
-    files: dict[str, int]  # name -> bytes
-    gen: int
-    token: str
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"step": self.step, "folder": self.folder, "files": self.files, "gen": self.gen,
-                "token": self.token, "metrics": self.metrics}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> CheckpointRecord:
-        return cls(step=int(data["step"]), folder=data["folder"], files=dict(data["files"]), gen=int(data["gen"]),
-                   token=data.get("token", ""), metrics=list(data.get("metrics", [])))
 
 
 def _step_name(step: int) -> str:
@@ -69,40 +50,42 @@ class BakeRun:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def write_checkpoint(self, step: int, files: Mapping[str, bytes], *, gen: int, token: str,
-                         metrics: list[dict[str, Any]]) -> CheckpointRecord:
+                         metrics: list[dict[str, Any]]) -> CheckpointMarker:
         """Write a checkpoint's files, then its marker. If another attempt committed this step
         first, its checkpoint stands and is returned."""
         folder = f"{_step_name(step)}-g{gen:06d}-{uuid.uuid4().hex[:8]}"
         for name, data in files.items():
             self.storage.write_bytes(self._path("checkpoints", folder, name), data)
-        record = CheckpointRecord(step, folder, {n: len(d) for n, d in files.items()}, gen, token, metrics)
+        record = CheckpointMarker(step=step, folder=folder, files={n: len(d) for n, d in files.items()}, gen=gen,
+                                  token=token, metrics=metrics)
         self.storage.create_json(self._path("checkpoints", f"{_step_name(step)}.json"), record.to_json())
         committed = self.checkpoint(step)
         assert committed is not None, "a checkpoint marker just written cannot be missing"
         return committed
 
-    def checkpoint(self, step: int) -> CheckpointRecord | None:
-        data = self.storage.read_json(self._path("checkpoints", f"{_step_name(step)}.json"))
-        return None if data is None else CheckpointRecord.from_json(data)
+    def checkpoint(self, step: int) -> CheckpointMarker | None:
+        path = self._path("checkpoints", f"{_step_name(step)}.json")
+        data = self.storage.read_json(path)
+        return None if data is None else CheckpointMarker.from_json(data, path=path)
 
-    def checkpoints(self) -> list[CheckpointRecord]:
+    def checkpoints(self) -> list[CheckpointMarker]:
         """Every committed checkpoint, oldest first."""
         records = []
-        for name in self.storage.list_names(self._path("checkpoints")):
-            if name.endswith(".json") and (record := self.checkpoint(int(name.removesuffix(".json")))):
+        for step in numbered(self.storage.list_names(self._path("checkpoints"))):
+            if record := self.checkpoint(step):
                 records.append(record)
         return sorted(records, key=lambda r: r.step)
 
-    def latest_checkpoint(self) -> CheckpointRecord | None:
+    def latest_checkpoint(self) -> CheckpointMarker | None:
         records = self.checkpoints()
         return records[-1] if records else None
 
-    def checkpoint_file_path(self, record: CheckpointRecord, name: str) -> str:
+    def checkpoint_file_path(self, record: CheckpointMarker, name: str) -> str:
         if name not in record.files:
             raise KeyError(f"checkpoint {record.step} has no file {name!r}")
         return self._path("checkpoints", record.folder, name)
 
-    def read_checkpoint_file(self, record: CheckpointRecord, name: str) -> bytes:
+    def read_checkpoint_file(self, record: CheckpointMarker, name: str) -> bytes:
         return self.storage.read_bytes(self.checkpoint_file_path(record, name))
 
     # -- metrics and live progress -------------------------------------------------------------

@@ -29,14 +29,16 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from repo_store.parts import ROW_COLUMN, PartInfo, decode_rows, write_part, write_part_to
+from repo_store.records import (PLAN_BY_KIND, ChunkMarker, Claim, Failure, Heartbeat, JobLayout, Manifest, Plan,
+                                Record, Stamp, numbered)
 from repo_store.storage import Storage
 from repo_store.settings import get_settings
 
@@ -55,10 +57,8 @@ def stall_seconds() -> float:
     """How long work may show no progress before its attempt stops heartbeating (model loading
     counts: keep it well above the slowest engine start)."""
     return get_settings().stall_seconds
-
-
-def _gen_name(gen: int) -> str:
-    return f"{gen:06d}.json"
+R = TypeVar("R", bound=Record)
+Clock = Callable[[], float]
 
 
 @dataclass
@@ -77,91 +77,61 @@ class JobStatus:
     stalled: bool = False  # running, but no progress for BAKEHOUSE_STALL_SECONDS
 
 
-@dataclass(frozen=True)
-class Heartbeat:
-    """What the owner of an attempt last said: when, what it is doing, when its work last moved."""
-
-    at: float
-    token: str = ""
-    released: bool = False
-    phase: str | None = None
-    phases: tuple[tuple[str, float], ...] = ()  # every phase of the attempt with the time it began
-    progress_at: float | None = None
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Heartbeat:
-        return cls(at=float(data["at"]), token=data.get("token", ""), released=bool(data.get("released")),
-                   phase=data.get("phase"), phases=tuple((p, float(t)) for p, t in data.get("phases", ())),
-                   progress_at=data.get("progress_at"))
-
-
-@dataclass
-class ChunkRecord:
-    index: int
-    part: PartInfo
-    gen: int
-    stats: dict[str, Any]
-    token: str = ""  # the committing attempt's token: tells an attempt whether its commit won
-    at: float | None = None  # when it was committed (markers of older versions have no time)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ChunkRecord:
-        return cls(index=data["index"], part=PartInfo.from_json(data["part"]), gen=data["gen"],
-                   stats=data.get("stats", {}), token=data.get("token", ""), at=data.get("at"))
-
-
 class Job:
-    def __init__(self, storage: Storage, folder: str, kind: JobKind):
+    def __init__(self, storage: Storage, folder: str, kind: JobKind, *, clock: Clock = time.time):
         self.storage = storage
         self.folder = folder
         self.kind = kind
-        # The manifest never changes once written, so a parsed copy stays true. A chunk marker only
-        # changes when its owner repairs a damaged chunk, so parsed markers are kept with the
-        # version tag their listing showed and read again when it changes.
-        self._chunk_cache: dict[int, tuple[str | None, ChunkRecord]] = {}
-        self._manifest: dict[str, Any] | None = None
-        self._plan: dict[str, Any] | None = None
-        self._claim_cache: dict[tuple[str, int], dict[str, Any]] = {}
+        self.layout = JobLayout(folder)
+        self.clock = clock  # wall-clock seconds for every time written and every lease judged
+        # The manifest and the plan never change once written, nor does a claim, so parsed copies
+        # stay true. A chunk marker only changes when its owner repairs a damaged chunk, so parsed
+        # markers are kept with the version tag their listing showed and read again when it changes.
+        self._chunk_cache: dict[int, tuple[str | None, ChunkMarker]] = {}
+        self._manifest: Manifest | None = None
+        self._plan: Plan | None = None
+        self._claim_cache: dict[tuple[str, int], Claim] = {}
         self._created: float | None = None
 
-    def _path(self, *parts: str) -> str:
-        return "/".join([self.folder, *parts])
+    def _read(self, record: type[R], path: str) -> R | None:
+        """The record at `path`, validated (RecordError if unreadable); None when there is none."""
+        data = self.storage.read_json(path)
+        return None if data is None else record.from_json(data, path=path)
 
     # -- reading state -------------------------------------------------------------------------
 
-    def manifest(self) -> dict[str, Any] | None:
+    def manifest(self) -> Manifest | None:
         if self._manifest is None:
-            self._manifest = self.storage.read_json(self._path("manifest.json"))
+            self._manifest = self._read(Manifest, self.layout.manifest)
         return self._manifest
 
-    def plan(self) -> dict[str, Any] | None:
+    def plan(self) -> Plan | None:
         if self._plan is None:  # written once, never changed: read until it exists, then keep it
-            self._plan = self.storage.read_json(self._path("plan.json"))
+            self._plan = self._read(PLAN_BY_KIND[self.kind], self.layout.plan)
         return self._plan
 
-    def chunks(self) -> dict[int, ChunkRecord]:
+    def chunks(self) -> dict[int, ChunkMarker]:
         """Every committed chunk (one listing; markers already seen are not re-read)."""
-        found: dict[int, ChunkRecord] = {}
-        for name, version in self.storage.list_versions(self._path("chunks")).items():
-            if not name.endswith(".json"):
-                continue
-            index = int(name.removesuffix(".json"))
+        found: dict[int, ChunkMarker] = {}
+        versions = self.storage.list_versions(self.layout.chunks)
+        for index in numbered(list(versions)):
+            version = versions[f"{index:06d}.json"]
             cached = self._chunk_cache.get(index)
             if cached is None or cached[0] != version:
-                data = self.storage.read_json(self._path("chunks", name))
-                if data is None:
+                marker = self._read(ChunkMarker, self.layout.chunk(index))
+                if marker is None:
                     continue
-                cached = self._chunk_cache[index] = (version, ChunkRecord.from_json(data))
+                cached = self._chunk_cache[index] = (version, marker)
             found[index] = cached[1]
-        return dict(sorted(found.items()))
+        return found
 
-    def chunk(self, index: int) -> ChunkRecord | None:
+    def chunk(self, index: int) -> ChunkMarker | None:
         """One committed chunk's marker (one read, none once seen), None when it is not committed."""
         if index not in self._chunk_cache:
-            data = self.storage.read_json(self._path("chunks", f"{index:06d}.json"))
-            if data is None:
+            marker = self._read(ChunkMarker, self.layout.chunk(index))
+            if marker is None:
                 return None
-            self._chunk_cache[index] = (None, ChunkRecord.from_json(data))  # next listing tags it
+            self._chunk_cache[index] = (None, marker)  # the next listing tags it with its version
         return self._chunk_cache[index][1]
 
     def committed_parts(self) -> list[PartInfo]:
@@ -172,7 +142,7 @@ class Job:
         """
         manifest = self.manifest()
         if manifest is not None:
-            return [PartInfo.from_json(p) for p in manifest["parts"]]
+            return list(manifest.parts)
         chunks = self.chunks()
         parts = []
         index = 0
@@ -181,81 +151,77 @@ class Job:
             index += 1
         return parts
 
-    def _claims_path(self, scope: str, *parts: str) -> str:
-        """Claims of the whole job (scope "") or of one shard of it."""
-        return self._path(*(("shards", scope) if scope else ()), *parts)
-
     def _claim_gens(self, scope: str = "") -> list[int]:
-        names = self.storage.list_names(self._claims_path(scope, "claims"))
-        return [int(n.removesuffix(".json")) for n in names if n.endswith(".json")]
+        return numbered(self.storage.list_names(self.layout.claims_folder(scope)))
 
-    def _read_claim(self, gen: int, scope: str = "") -> dict[str, Any]:
+    def read_claim(self, gen: int, scope: str = "") -> Claim | None:
         """A claim never changes once created: each is read once per Job object."""
         key = (scope, gen)
         if key not in self._claim_cache:
-            claim = self.storage.read_json(self._claims_path(scope, "claims", _gen_name(gen)))
+            claim = self._read(Claim, self.layout.claim(gen, scope))
             if claim is None:
-                return {}
+                return None
             self._claim_cache[key] = claim
         return self._claim_cache[key]
 
-    def latest_claim(self, scope: str = "") -> tuple[int, dict[str, Any]] | None:
-        """The newest claim of the job (or of one shard) with its generation; None before any."""
+    def latest_claim(self, scope: str = "") -> Claim | None:
+        """The newest claim of the job (or of one shard); None before any."""
         gens = self._claim_gens(scope)
-        return (gens[-1], self._read_claim(gens[-1], scope)) if gens else None
+        return self.read_claim(gens[-1], scope) if gens else None
 
-    def claims(self, scope: str = "") -> list[tuple[int, dict[str, Any]]]:
+    def claims(self, scope: str = "") -> list[Claim]:
         """Every claim of the job (or of one shard), oldest first."""
-        return [(gen, self._read_claim(gen, scope)) for gen in self._claim_gens(scope)]
+        return [claim for gen in self._claim_gens(scope) if (claim := self.read_claim(gen, scope)) is not None]
 
     def read_heartbeat(self, gen: int, scope: str = "") -> Heartbeat | None:
-        data = self.storage.read_json(self._claims_path(scope, "heartbeats", _gen_name(gen)))
-        return None if data is None else Heartbeat.from_json(data)
+        return self._read(Heartbeat, self.layout.heartbeat(gen, scope))
 
-    def read_failure(self, gen: int, scope: str = "") -> dict[str, Any] | None:
-        """Why attempt `gen` gave up ({"error", "at", "summary"}), None if it did not."""
-        return self.storage.read_json(self._claims_path(scope, "failures", _gen_name(gen)))
+    def read_failure(self, gen: int, scope: str = "") -> Failure | None:
+        """Why attempt `gen` gave up, None if it did not."""
+        return self._read(Failure, self.layout.failure(gen, scope))
 
-    def read_cancel(self, gen: int) -> dict[str, Any] | None:
-        return self.storage.read_json(self._path("cancels", _gen_name(gen)))
+    def read_cancel(self, gen: int) -> Stamp | None:
+        return self._read(Stamp, self.layout.cancel(gen))
 
     def start_requests(self) -> dict[int, float]:
         """When each attempt was asked for (attempt number -> time), by `request_start`."""
         requests = {}
-        for name in self.storage.list_names(self._path("starts")):
-            if name.endswith(".json") and (data := self.storage.read_json(self._path("starts", name))):
-                requests[int(name.removesuffix(".json"))] = float(data["at"])
+        for gen in numbered(self.storage.list_names(self.layout.starts)):
+            if (stamp := self._read(Stamp, self.layout.start(gen))) is not None:
+                requests[gen] = stamp.at
         return requests
 
     def request_start(self) -> None:
         """Note that the next attempt was asked for (queued); the first request of it stands."""
         latest = self.latest_claim()
-        gen = (latest[0] + 1) if latest else 1
-        self.storage.create_json(self._path("starts", _gen_name(gen)), {"at": time.time()})
+        gen = (latest.gen + 1) if latest else 1
+        self.storage.create_json(self.layout.start(gen), Stamp(at=self.clock()).to_json())
 
-    def _claim_alive(self, gen: int, claim: dict[str, Any], scope: str = "", beat: Heartbeat | None = None) -> bool:
-        beat = beat or self.read_heartbeat(gen, scope)
+    def claim_alive(self, claim: Claim, scope: str = "", beat: Heartbeat | None = None) -> bool:
+        """Whether the attempt of `claim` still owns its job (or shard): its lease is fresh and, on
+        this machine, its process is alive."""
+        beat = beat or self.read_heartbeat(claim.gen, scope)
         if beat is not None and beat.released:
             return False
-        last = beat.at if beat is not None else claim.get("at", 0.0)
-        if time.time() - last > lease_seconds():
+        last = beat.at if beat is not None else claim.at
+        if self.clock() - last > lease_seconds():
             return False
         # Same machine: a dead pid frees the job at once instead of after the lease; so does an
         # attempt of this very process that has ended (even if storage refused to record it).
-        if claim.get("token") in _ENDED_IN_THIS_PROCESS:
+        if claim.token in _ENDED_IN_THIS_PROCESS:
             return False
-        if claim.get("host") == socket.gethostname() and claim.get("pid"):
-            return _pid_alive(int(claim["pid"]))
+        if claim.host == socket.gethostname() and claim.pid:
+            return process_alive(claim.pid)
         return True
 
     def owner_alive(self, scope: str = "") -> bool | None:
         """Whether the latest claim (of the job or of a shard) is live; None when never claimed."""
         latest = self.latest_claim(scope)
-        return None if latest is None else self._claim_alive(latest[0], latest[1], scope)
+        return None if latest is None else self.claim_alive(latest, scope)
 
     def status(self) -> JobStatus:
-        plan = self.plan() or {}
-        total = plan.get("total_expected")
+        plan = self.plan()
+        total = plan.total_expected if plan is not None else None
         manifest = self.manifest()
         if manifest is None:
             status = self._unfinished_status(plan, total)
@@ -264,51 +230,51 @@ class Job:
             manifest = self.manifest()
             if manifest is None:
                 return status
-        first = self._read_claim(1)
+        first = self.read_claim(1)
         return JobStatus(
             "complete",
-            lines=manifest["lines"],
+            lines=manifest.lines,
             total_expected=total,
             progress_percent=100.0,
-            attempt=manifest.get("gen"),
-            summary=manifest.get("summary", {}),
+            attempt=manifest.gen,
+            summary=manifest.summary,
             phase="complete",
             created_at=self._created_at(first),
-            started_at=first.get("at"),
-            completed_at=manifest.get("completed_at"),
+            started_at=first.at if first else None,
+            completed_at=manifest.completed_at,
         )
 
-    def _created_at(self, first_claim: dict[str, Any]) -> float | None:
+    def _created_at(self, first_claim: Claim | None) -> float | None:
         """The first start request, or the first claim for a job started without the API."""
         if self._created is None:
             requests = self.start_requests()
-            self._created = min(requests.values()) if requests else first_claim.get("at")
+            self._created = min(requests.values()) if requests else (first_claim.at if first_claim else None)
         return self._created
 
-    def _unfinished_status(self, plan: dict[str, Any], total: int | None) -> JobStatus:
-        latest = self.latest_claim()
-        if latest is None:
+    def _unfinished_status(self, plan: Plan | None, total: int | None) -> JobStatus:
+        claim = self.latest_claim()
+        if claim is None:
             requests = self.start_requests()
             created = min(requests.values()) if requests else None
             return JobStatus("not_started", total_expected=total, created_at=created,
                              phase="queued" if requests else None)
-        gen, claim = latest
+        first = self.read_claim(1)
         chunks = self.chunks()
-        base = JobStatus("running", sum(p.rows for p in self.committed_parts()), total, _progress(chunks, plan),
-                         attempt=gen, created_at=self._created_at(self._read_claim(1)),
-                         started_at=self._read_claim(1).get("at"))
-        failure = self.read_failure(gen)
+        base = JobStatus("running", lines=sum(p.rows for p in self.committed_parts()), total_expected=total,
+                         progress_percent=_progress(chunks, plan), attempt=claim.gen,
+                         created_at=self._created_at(first), started_at=first.at if first else None)
+        failure = self.read_failure(claim.gen)
         if failure is not None:
-            return replace(base, status="failed", error=failure["error"], summary=failure.get("summary", {}), phase="failed")
-        beat = self.read_heartbeat(gen)
-        if not self._claim_alive(gen, claim, beat=beat):
-            if self.cancel_requested(gen):
+            return replace(base, status="failed", error=failure.error, summary=failure.summary, phase="failed")
+        beat = self.read_heartbeat(claim.gen)
+        if not self.claim_alive(claim, beat=beat):
+            if self.cancel_requested(claim.gen):
                 return replace(base, status="failed", error="cancelled", phase="failed")
             error = "the job stopped without finishing (its worker is gone); start it again to resume"
             return replace(base, status="failed", error=error, phase="failed")
-        last_sign = (beat.progress_at or beat.at) if beat is not None else claim.get("at", 0.0)
+        last_sign = (beat.progress_at or beat.at) if beat is not None else claim.at
         return replace(base, phase=(beat.phase if beat else None) or "starting",
-                       stalled=time.time() - last_sign > stall_seconds())
+                       stalled=self.clock() - last_sign > stall_seconds())
 
     # -- taking part ---------------------------------------------------------------------------
 
@@ -321,18 +287,18 @@ class Job:
         if self.manifest() is not None:
             return None
         latest = self.latest_claim(scope)
-        if latest is not None and self._claim_alive(latest[0], latest[1], scope):
+        if latest is not None and self.claim_alive(latest, scope):
             return None
-        gen = (latest[0] + 1) if latest else 1
-        token = uuid.uuid4().hex
-        claim = {"gen": gen, "owner": owner, "token": token, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
-        path = self._claims_path(scope, "claims", _gen_name(gen))
-        if not self.storage.create_json(path, claim):
+        gen = (latest.gen + 1) if latest else 1
+        claim = Claim(gen=gen, owner=owner, token=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(),
+                      at=self.clock())
+        path = self.layout.claim(gen, scope)
+        if not self.storage.create_json(path, claim.to_json()):
             # Lost the race, or our own PUT landed and its retry was refused: the token decides.
-            stored = self.storage.read_json(path)
-            if stored is None or stored.get("token") != token:
+            stored = self._read(Claim, path)
+            if stored is None or stored.token != claim.token:
                 return None
-        attempt = Attempt(self, gen, token, scope, gen if not scope else parent_gen)
+        attempt = Attempt(self, gen, claim.token, scope, gen if not scope else parent_gen)
         attempt.heartbeat()
         return attempt
 
@@ -341,21 +307,21 @@ class Job:
         latest = self.latest_claim()
         if latest is None or self.manifest() is not None:
             return None
-        self.storage.create_json(self._path("cancels", _gen_name(latest[0])), {"at": time.time()})
-        return latest[0]
+        self.storage.create_json(self.layout.cancel(latest.gen), Stamp(at=self.clock()).to_json())
+        return latest.gen
 
     def cancel_requested(self, gen: int | None) -> bool:
-        return gen is not None and self.storage.exists(self._path("cancels", _gen_name(gen)))
+        return gen is not None and self.storage.exists(self.layout.cancel(gen))
 
-    def create_plan(self, plan: dict[str, Any]) -> dict[str, Any]:
+    def create_plan(self, plan: Plan) -> Plan:
         """The first attempt fixes the plan; later ones must follow it (chunk boundaries must not move)."""
-        self.storage.create_json(self._path("plan.json"), plan)
+        self.storage.create_json(self.layout.plan, plan.to_json())
         return self.plan() or plan
 
     # -- reading parts -------------------------------------------------------------------------
 
     def part_path(self, part: PartInfo) -> str:
-        return self._path(part.path)
+        return self.layout.part(part.path)
 
     def parquet_urls(self) -> list[str]:
         """Full URLs (`s3://…` or local paths) of the committed parts in output order, for
@@ -371,24 +337,28 @@ class Job:
                     yield from decode_rows(parquet.read_row_group(index, columns=[ROW_COLUMN]))
 
     def chunk_rows(self, index: int) -> list[dict[str, Any]]:
-        record = self.chunk(index)
-        if record is None:
+        marker = self.chunk(index)
+        if marker is None:
             raise KeyError(f"chunk {index} of {self.folder} is not committed")
-        return decode_rows(self.read_chunk_table(record))
+        return decode_rows(self.read_chunk_table(marker))
 
-    def read_chunk_table(self, record: ChunkRecord) -> pa.Table:
+    def read_chunk_table(self, marker: ChunkMarker) -> pa.Table:
         """A committed chunk's rows, checked against its marker (bytes, row count, readable)."""
-        index = record.index
-        data = self.storage.read_bytes(self.part_path(record.part))
-        if data is None or len(data) != record.part.bytes:
+        index = marker.index
+        data = self.storage.read_bytes(self.part_path(marker.part))
+        if data is None or len(data) != marker.part.bytes:
             raise DamagedChunks([index], f"chunk {index}: part missing or of the wrong size")
         try:
             table = pq.read_table(pa.BufferReader(data))
         except (pa.ArrowException, OSError) as error:
             raise DamagedChunks([index], f"chunk {index}: unreadable part ({error})") from None
-        if table.num_rows != record.part.rows:
-            raise DamagedChunks([index], f"chunk {index}: {table.num_rows} rows, marker says {record.part.rows}")
+        if table.num_rows != marker.part.rows:
+            raise DamagedChunks([index], f"chunk {index}: {table.num_rows} rows, marker says {marker.part.rows}")
         return table
+
+    def forget_chunk(self, index: int) -> None:
+        """Drop a parsed marker that was just removed from storage (a repair)."""
+        self._chunk_cache.pop(index, None)
 
 
 class Cancelled(Exception):
@@ -418,24 +388,20 @@ class Attempt:
         self.job_gen = job_gen  # the job-level attempt this works for (itself, for a job attempt)
         self._stop_beating = threading.Event()
         self._beater: threading.Thread | None = None
-        self._last_progress = time.monotonic()
-        self._last_progress_at = time.time()  # the same moment on the wall clock, for readers elsewhere
+        self._last_progress_at = job.clock()
         self.phases: list[tuple[str, float]] = []
 
-    def _claims(self, *parts: str) -> str:
-        return self.job._claims_path(self.scope, *parts)
-
     def heartbeat(self) -> None:
-        beat = {"at": time.time(), "token": self.token, "progress_at": self._last_progress_at,
-                "phase": self.phases[-1][0] if self.phases else None, "phases": self.phases}
-        self.job.storage.write_json(self._claims("heartbeats", _gen_name(self.gen)), beat)
+        beat = Heartbeat(at=self.job.clock(), token=self.token, progress_at=self._last_progress_at,
+                         phase=self.phases[-1][0] if self.phases else None, phases=tuple(self.phases))
+        self.job.storage.write_json(self.job.layout.heartbeat(self.gen, self.scope), beat.to_json())
 
     def set_phase(self, phase: str) -> None:
         """Say what the attempt is doing now (`loading_model`, `generating`, `training`, ...): the
         job's status and timeline show it at once (one heartbeat written)."""
         if self.phases and self.phases[-1][0] == phase:
             return
-        self.phases.append((phase, time.time()))
+        self.phases.append((phase, self.job.clock()))
         self.touch()
         try:
             self.heartbeat()
@@ -455,10 +421,8 @@ class Attempt:
 
         def beat() -> None:
             while not self._stop_beating.wait(lease_seconds() / 4):
-                if time.monotonic() - self._last_progress > stall_seconds():
-                    continue
                 try:
-                    self.heartbeat()
+                    self.beat_if_progressing()
                 except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
                     pass
 
@@ -466,10 +430,17 @@ class Attempt:
         self._beater.start()
         return self
 
+    def beat_if_progressing(self) -> bool:
+        """One heartbeat, unless the work has not moved for BAKEHOUSE_STALL_SECONDS (what the
+        keep-alive thread does each time it wakes). Returns whether it beat."""
+        if self.job.clock() - self._last_progress_at > stall_seconds():
+            return False
+        self.heartbeat()
+        return True
+
     def touch(self) -> None:
         """The work moved on (a result came back, a chunk was committed)."""
-        self._last_progress = time.monotonic()
-        self._last_progress_at = time.time()
+        self._last_progress_at = self.job.clock()
 
     def _stop(self) -> None:
         _ENDED_IN_THIS_PROCESS.add(self.token)
@@ -478,62 +449,57 @@ class Attempt:
         if self._beater is not None and self._beater is not threading.current_thread():
             self._beater.join()
 
-    def commit_chunk(self, index: int, table: pa.Table, stats: dict[str, Any] | None = None) -> ChunkRecord:
-        """Write chunk `index` and commit it; returns the committed record. If another attempt
-        committed it first, theirs stands (`record.token != attempt.token`): callers that derive
+    def commit_chunk(self, index: int, table: pa.Table, stats: dict[str, Any] | None = None) -> ChunkMarker:
+        """Write chunk `index` and commit it; returns the committed marker. If another attempt
+        committed it first, theirs stands (`marker.token != attempt.token`): callers that derive
         later chunks from this one must continue from the committed rows, not their own."""
         data, row_groups = write_part([table])
-        part = PartInfo(path=f"parts/{index:06d}-g{self.gen:06d}-{_unique()}.parquet", rows=table.num_rows, bytes=len(data), row_groups=row_groups)
+        name = JobLayout.chunk_part_name(index, self.gen, _unique())
+        part = PartInfo(path=name, rows=table.num_rows, bytes=len(data), row_groups=row_groups)
         self.job.storage.write_bytes(self.job.part_path(part), data)
-        record = {"index": index, "part": part.to_json(), "gen": self.gen, "token": self.token, "stats": stats or {},
-                  "at": time.time()}
-        self.job.storage.create_json(self.job._path("chunks", f"{index:06d}.json"), record)
+        marker = ChunkMarker(index=index, part=part, gen=self.gen, token=self.token, stats=stats or {},
+                             at=self.job.clock())
+        self.job.storage.create_json(self.job.layout.chunk(index), marker.to_json())
         committed = self.job.chunk(index)  # read back: whoever's token is in it won
         if committed is None:
             raise RuntimeError(f"chunk {index} of {self.job.folder}: its marker is not readable after creating it")
         return committed
 
-    def complete(self, num_chunks: int, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    def complete(self, num_chunks: int, summary: dict[str, Any] | None = None) -> Manifest:
         """Compact every chunk into large parts and create the manifest (the job's commit point)."""
         latest = self.job.latest_claim(self.scope)
-        if latest is None or latest[0] != self.gen:
-            raise Superseded(f"attempt {self.gen} was superseded by attempt {latest and latest[0]}; it stops")
+        if latest is None or latest.gen != self.gen:
+            raise Superseded(f"attempt {self.gen} was superseded by attempt {latest and latest.gen}; it stops")
         chunks = self.job.chunks()
         missing = [i for i in range(num_chunks) if i not in chunks]
         if missing:
             raise RuntimeError(f"cannot complete {self.job.folder}: chunks {missing[:10]} are not committed")
         # A damaged chunk raises DamagedChunks before anything is published; the caller discards
-        # it and generates it again (flows.runtime.complete_repairing).
+        # it and generates it again (flows.chunked_job).
         if num_chunks:
             self.set_phase("compacting")
         parts = list(self._compact([chunks[i] for i in range(num_chunks)]))
-        manifest = {
-            "kind": self.job.kind,
-            "gen": self.gen,
-            "lines": sum(p.rows for p in parts),
-            "parts": [p.to_json() for p in parts],
-            "summary": summary or {},
-            "completed_at": time.time(),
-        }
-        self.job.storage.create_json(self.job._path("manifest.json"), manifest)
+        manifest = Manifest(kind=self.job.kind, gen=self.gen, lines=sum(p.rows for p in parts), parts=parts,
+                            summary=summary or {}, completed_at=self.job.clock())
+        self.job.storage.create_json(self.job.layout.manifest, manifest.to_json())
         self._stop()
         return self.job.manifest() or manifest
 
-    def _compact(self, records: list[ChunkRecord]) -> Iterator[PartInfo]:
-        group: list[ChunkRecord] = []
+    def _compact(self, markers: list[ChunkMarker]) -> Iterator[PartInfo]:
+        group: list[ChunkMarker] = []
         rows = 0
-        for record in records:
-            if not record.part.rows:
+        for marker in markers:
+            if not marker.part.rows:
                 continue
-            group.append(record)
-            rows += record.part.rows
+            group.append(marker)
+            rows += marker.part.rows
             if rows >= COMPACTED_PART_ROWS:
                 yield self._write_compacted(group)
                 group, rows = [], 0
         if group:
             yield self._write_compacted(group)
 
-    def _write_compacted(self, group: list[ChunkRecord]) -> PartInfo:
+    def _write_compacted(self, group: list[ChunkMarker]) -> PartInfo:
         """One large part from consecutive chunks, streamed to storage one row group at a time.
 
         Chunks written by different versions of bakehouse (a job resumed across an upgrade that
@@ -544,16 +510,16 @@ class Attempt:
         except (pa.ArrowInvalid, ValueError) as mismatch:
             if "schema" not in str(mismatch).lower():
                 raise
-        schema = pa.unify_schemas([self.job.read_chunk_table(record).schema for record in group])
+        schema = pa.unify_schemas([self.job.read_chunk_table(marker).schema for marker in group])
         return self._write_compacted_as(group, schema=schema)
 
-    def _write_compacted_as(self, group: list[ChunkRecord], schema: pa.Schema | None) -> PartInfo:
-        name = f"parts/compact-{group[0].index:06d}-g{self.gen:06d}-{_unique()}.parquet"
-        path = self.job._path(name)
+    def _write_compacted_as(self, group: list[ChunkMarker], schema: pa.Schema | None) -> PartInfo:
+        name = JobLayout.compacted_part_name(group[0].index, self.gen, _unique())
+        path = self.job.layout.part(name)
 
         def tables() -> Iterator[pa.Table]:
-            for record in group:
-                yield self.job.read_chunk_table(record)
+            for marker in group:
+                yield self.job.read_chunk_table(marker)
                 self.touch()  # compacting a large job takes a while: it is progress, keep the lease
 
         try:
@@ -562,21 +528,21 @@ class Attempt:
         except Exception:
             self.job.storage.delete_tree(path)  # no part file that no marker will ever name
             raise
-        return PartInfo(path=name, rows=sum(r.part.rows for r in group), bytes=self.job.storage.size(path),
+        return PartInfo(path=name, rows=sum(m.part.rows for m in group), bytes=self.job.storage.size(path),
                         row_groups=row_groups)
 
     def discard_chunk(self, index: int) -> None:
         """Repair: remove a damaged chunk's marker (only the job's owner does this) so it is redone."""
-        self.job.storage.delete_tree(self.job._path("chunks", f"{index:06d}.json"))
-        self.job._chunk_cache.pop(index, None)
+        self.job.storage.delete_tree(self.job.layout.chunk(index))
+        self.job.forget_chunk(index)
 
     def fail(self, error: str, summary: dict[str, Any] | None = None) -> None:
         """Record why this attempt ended. Best effort: if storage itself is failing, the stopped
         heartbeat still frees the job when the lease runs out, and status reports it resumable."""
         self._stop()
         try:
-            record = {"error": error, "at": time.time(), "summary": summary or {}}
-            self.job.storage.create_json(self._claims("failures", _gen_name(self.gen)), record)
+            failure = Failure(error=error, at=self.job.clock(), summary=summary or {})
+            self.job.storage.create_json(self.job.layout.failure(self.gen, self.scope), failure.to_json())
             self.release()
         except Exception:  # noqa: BLE001 - any storage client error; the attempt is over either way
             pass
@@ -584,15 +550,15 @@ class Attempt:
     def release(self) -> None:
         """Stop heartbeating without finishing: the next claim resumes at once."""
         self._stop()
-        beat = {"at": time.time(), "token": self.token, "released": True}
+        beat = Heartbeat(at=self.job.clock(), token=self.token, released=True)
         try:
-            self.job.storage.write_json(self._claims("heartbeats", _gen_name(self.gen)), beat)
+            self.job.storage.write_json(self.job.layout.heartbeat(self.gen, self.scope), beat.to_json())
         except Exception:  # noqa: BLE001 - any storage client error: the lease runs out instead
             pass
 
 
-def _progress(chunks: dict[int, ChunkRecord], plan: dict[str, Any]) -> float | None:
-    num_chunks = plan.get("num_chunks")
+def _progress(chunks: dict[int, ChunkMarker], plan: Plan | None) -> float | None:
+    num_chunks = plan.num_chunks if plan is not None else 0
     if not num_chunks:
         return None
     return round(100.0 * len(chunks) / num_chunks, 2)
@@ -604,7 +570,8 @@ def _unique() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine runs (the same-host shortcut of a claim's liveness)."""
     if pid == os.getpid():
         return True
     try:

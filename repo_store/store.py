@@ -34,7 +34,7 @@ from targets import (
     validate_name,
 )
 from targets.bake import BakeConfig, BakeSpec
-from targets.config import deep_merge
+from targets.config import deep_merge, normalise_overrides
 
 from repo_store.bakes import BakeRun
 from repo_store.downloads import DownloadSigner
@@ -238,7 +238,7 @@ class Workspace:
 
     def create_target(self, repo_name: str, spec: TargetSpec) -> tuple[StoredTarget, bool]:
         self.get_repo(repo_name)
-        overrides = TargetConfig._accept_u_v(spec.overrides) if spec.overrides else spec.overrides
+        overrides = normalise_overrides(spec.overrides) if spec.overrides else spec.overrides
         target = StoredTarget(spec.target_name, spec.template, overrides, self.resolve(repo_name, spec), uuid.uuid4().hex[:16])
         content = target.to_json()
         data, created = self._create_immutable(

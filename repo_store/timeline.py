@@ -8,13 +8,13 @@ jobs run by any process, and for jobs that ran before it existed (with fewer pha
 
 from __future__ import annotations
 
-import time
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from repo_store.jobs import Job, JobState, lease_seconds
+from repo_store.records import Claim
 
 EventKind = Literal["status", "log"]
 
@@ -49,20 +49,21 @@ def read_timeline(job: Job) -> list[JobEvent]:
     claims = job.claims()
     settled = _SETTLED.setdefault(job, {})
     chunk_gens = None
-    for index, (gen, claim) in enumerate(claims):
+    for index, claim in enumerate(claims):
+        gen = claim.gen
         if gen in settled:
             events += settled[gen]
             continue
         if chunk_gens is None:
             chunk_gens = [record.gen for record in job.chunks().values()]
-        next_claim_at = claims[index + 1][1].get("at") if index + 1 < len(claims) else None
-        attempt_events = _attempt_events(job, gen, claim, next_claim_at, sum(1 for g in chunk_gens if g < gen))
+        next_claim_at = claims[index + 1].at if index + 1 < len(claims) else None
+        attempt_events = _attempt_events(job, claim, next_claim_at, sum(1 for g in chunk_gens if g < gen))
         if next_claim_at is not None:
             settled[gen] = attempt_events
         events += attempt_events
     manifest = job.manifest()
     if manifest is not None:
-        events.append(JobEvent(manifest.get("completed_at", 0.0), "complete", "complete", f"{manifest['lines']} lines"))
+        events.append(JobEvent(manifest.completed_at or 0.0, "complete", "complete", f"{manifest.lines} lines"))
     return sorted(events, key=lambda event: event.at)
 
 
@@ -71,9 +72,8 @@ def status_events(job: Job) -> list[dict[str, Any]]:
     return [event.to_json() for event in read_timeline(job) if event.kind == "status"]
 
 
-def _attempt_events(job: Job, gen: int, claim: dict[str, Any], next_claim_at: float | None,
-                    chunks_before: int) -> list[JobEvent]:
-    started = claim.get("at", 0.0)
+def _attempt_events(job: Job, claim: Claim, next_claim_at: float | None, chunks_before: int) -> list[JobEvent]:
+    gen, started = claim.gen, claim.at
     if gen == 1:
         note = "attempt 1 started"
     else:
@@ -83,17 +83,17 @@ def _attempt_events(job: Job, gen: int, claim: dict[str, Any], next_claim_at: fl
     events += [JobEvent(at, "running", phase) for phase, at in (beat.phases if beat else ())]
     cancel = job.read_cancel(gen)
     if cancel is not None:
-        events.append(JobEvent(cancel["at"], "running", None, f"cancel of attempt {gen} requested", kind="log"))
+        events.append(JobEvent(cancel.at, "running", None, f"cancel of attempt {gen} requested", kind="log"))
     manifest = job.manifest()
-    if manifest is not None and manifest.get("gen") == gen:
+    if manifest is not None and manifest.gen == gen:
         return events
     failure = job.read_failure(gen)
     if failure is not None:
-        events.append(JobEvent(failure["at"], "failed", "failed", failure["error"]))
+        events.append(JobEvent(failure.at, "failed", "failed", failure.error))
     elif beat is not None and beat.released:
         why = "cancelled" if cancel is not None else f"attempt {gen} stopped without finishing; a start resumes the job"
         events.append(JobEvent(beat.at, "failed", "failed", why))
-    elif next_claim_at is not None or not job._claim_alive(gen, claim, beat=beat):
+    elif next_claim_at is not None or not job.claim_alive(claim, beat=beat):
         # Dated by the last heartbeat plus the lease (when a new claim could take over), or by the
         # last heartbeat itself when the worker is known dead early (same host, pid gone): a fixed
         # time either way, so the timeline reads the same on every look.
@@ -101,7 +101,7 @@ def _attempt_events(job: Job, gen: int, claim: dict[str, Any], next_claim_at: fl
         lost_at = last + lease_seconds()
         if next_claim_at is not None:
             lost_at = min(lost_at, next_claim_at)
-        elif lost_at > time.time():
+        elif lost_at > job.clock():
             lost_at = last
         events.append(JobEvent(lost_at, "failed", "failed",
                                f"attempt {gen} lost its lease (its worker is gone); a start resumes the job"))

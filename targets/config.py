@@ -76,7 +76,7 @@ class PromptSpec(_Strict):
 
 
 class Generator(_Strict):
-    """One stimulus strategy (Bread §3.2). Fields a type does not use are refused, not ignored."""
+    """One stimulus strategy (one of Bread's generator types). Fields a type does not use are refused, not ignored."""
 
     type: GeneratorType
     numq: int | None = Field(default=None, ge=1, le=1_000_000)
@@ -235,15 +235,20 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
     return merged
 
 
+def normalise_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Target overrides with Bread's deprecated `u`/`v` renamed (what is stored and merged)."""
+    try:
+        return TargetConfig._accept_u_v(dict(overrides))
+    except ValueError as error:
+        raise ValidationFailed(f"invalid target config: {error}") from None
+
+
 def resolve_target(overrides: dict[str, Any] | None, template_config: TargetConfig | None = None) -> TargetConfig:
     """Merge `overrides` over a template's resolved config (or the defaults when `None`)."""
     if overrides is not None and not isinstance(overrides, dict):
         raise ValidationFailed("invalid target overrides: must be an object")
     # Normalise the deprecated names first so `u` in overrides replaces a template's teacher_prompt.
-    try:
-        normalised = TargetConfig._accept_u_v(dict(overrides or {}))
-    except ValueError as error:
-        raise ValidationFailed(f"invalid target config: {error}") from None
+    normalised = normalise_overrides(overrides or {})
     base = template_config.model_dump(exclude_none=True) if template_config else {}
     return parse(TargetConfig, deep_merge(base, normalised), "target config")
 

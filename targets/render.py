@@ -1,4 +1,4 @@
-"""Stimulus rows exactly as Bread's wire shows them (spec §6.2).
+"""Stimulus rows exactly as Bread's stim output shows them (its rows carry both sides of each question).
 
 `unconditioned_stimulus` is the teacher prompt's messages plus the question as a new user turn,
 `conditioned_stimulus` the student prompt's. A prompt's `tools` travel with its side.

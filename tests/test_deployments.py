@@ -94,7 +94,7 @@ def test_sharded_rollout_survives_a_worker_killed_mid_shard(stack):
             latest = job.latest_claim(f"shard-{shard:05d}")
             mine = [c for i, c in job.chunks().items() if shard * 30 <= i < (shard + 1) * 30]
             if latest and job.owner_alive(f"shard-{shard:05d}") and len(mine) >= 2 and len(mine) < 25:
-                victim = (shard, latest[1]["pid"])
+                victim = (shard, latest.pid)
                 break
         time.sleep(0.1)
     shard, pid = victim
@@ -111,7 +111,7 @@ def test_sharded_rollout_survives_a_worker_killed_mid_shard(stack):
     chunks = job.chunks()
     shard_chunks = [chunks[i] for i in range(shard * 30, (shard + 1) * 30)]
     assert len({c.gen for c in shard_chunks}) >= 2  # chunks the killed attempt committed were kept
-    assert job.latest_claim(f"shard-{shard:05d}")[0] >= 2  # the shard was run again, keeping its chunks
+    assert job.latest_claim(f"shard-{shard:05d}").gen >= 2  # the shard was run again, keeping its chunks
 
 
 def _descendant(pid: int, ancestor: int) -> bool:

@@ -351,11 +351,11 @@ def test_several_damaged_stim_chunks_are_all_regenerated_in_one_run(store):
     expected = [(r["stimulus_id"], r["unconditioned_stimulus"]["messages"][-1]["content"]) for r in job.iter_rows()]
     # As after a crash before the manifest, with chunks 0, 2 and 3 damaged and 4 missing; then a new
     # process (a fresh Store) starts the job again.
-    store.storage.delete_tree(job._path("manifest.json"))
+    store.storage.delete_tree(job.layout.manifest)
     for index in (0, 2, 3):
         path = job.part_path(job.chunks()[index].part)
         store.storage.write_bytes(path, store.storage.read_bytes(path)[:-30])
-    store.storage.delete_tree(job._path("chunks", "000004.json"))
+    store.storage.delete_tree(job.layout.chunk(4))
     ws = Store(store.storage.url).workspace()
     job = ws.job("r", "t", "stim")
     status = run_stim(ws, "r", "t", engines=CountingEngines())
@@ -376,8 +376,8 @@ def test_a_redone_stim_chunk_that_comes_out_differently_realigns_the_chunks_afte
     job = ws.job("r", "t", "stim")
     # Chunk 0 lost before the manifest; generated again, the "model" now writes 3 questions, one of
     # which generator 1 had asked.
-    store.storage.delete_tree(job._path("manifest.json"))
-    store.storage.delete_tree(job._path("chunks", "000000.json"))
+    store.storage.delete_tree(job.layout.manifest)
+    store.storage.delete_tree(job.layout.chunk(0))
     original = flows.stim.run_generator
 
     def answers_differently(generator, *, index, **kwargs):
@@ -503,3 +503,20 @@ def test_rollout_storage_listings_do_not_grow_with_the_number_of_chunks(store, m
         assert (status.status, status.lines) == ("complete", stimuli * 2)
         counts[name] = listings.get("chunks", 0)
     assert 0 < counts["small"] == counts["large"], counts  # 0 would mean the listings went uncounted
+
+
+def _stim_rows(first_id, questions_asked):
+    return [{"stimulus_id": first_id + i, "conditioned_stimulus": {"messages": [{"role": "user", "content": q}]}}
+            for i, q in enumerate(questions_asked)]
+
+
+def test_the_stim_cursor_keeps_a_later_chunk_only_while_it_lines_up():
+    from flows.stim import StimCursor
+
+    cursor = StimCursor().after(_stim_rows(0, ["a?", "b?"]))
+    assert (cursor.next_id, cursor.seen) == (2, frozenset({"a?", "b?"}))
+    assert cursor.lines_up(_stim_rows(2, ["c?"]))  # ids follow on, nothing asked twice
+    assert cursor.lines_up([])  # a generator that made nothing new
+    assert not cursor.lines_up(_stim_rows(3, ["c?"]))  # the redone chunk before it came out longer
+    assert not cursor.lines_up(_stim_rows(2, ["b?"]))  # ...or now holds one of its questions
+    assert cursor.fresh(["b?", "c?", "c?", "d?"]) == ["c?", "d?"]  # in order, once, none asked before

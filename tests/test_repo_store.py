@@ -11,7 +11,9 @@ import time
 import pytest
 
 from repo_store import Store, Superseded, rows_to_table
+from repo_store.jobs import Job
 from repo_store.pages import read_page
+from repo_store.records import StimPlan
 from targets import Conflict, InvalidInput, NotFound, PromptSpec, RepoSpec, TargetSpec, ValidationFailed
 
 
@@ -144,7 +146,24 @@ def test_delete_target_refuses_while_running_then_deletes(store):
 
 def protocol_job(store, name="t"):
     """A job folder on its own: the protocol needs no target around it."""
-    return store.job(store.storage.path("protocol", name), "rollout")
+    return store.job(store.storage.path("protocol", name), "stim")
+
+
+def plan(num_chunks, total_expected=0):
+    return StimPlan(num_chunks=num_chunks, total_expected=total_expected)
+
+
+class FakeClock:
+    """Wall-clock seconds that move only when a test says so: leases without sleeping."""
+
+    def __init__(self, now=1_800_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
 
 
 def page(store, job, **kwargs):
@@ -163,7 +182,7 @@ def test_job_lifecycle(store):
     assert job.status().status == "not_started"
     attempt = job.claim("me")
     assert attempt is not None and attempt.gen == 1
-    job.create_plan({"num_chunks": 3, "total_expected": 30})
+    job.create_plan(plan(3, 30))
     assert job.claim("other") is None  # live owner: no second job
     attempt.commit_chunk(0, chunk_table(0, 10))
     status = job.status()
@@ -179,7 +198,7 @@ def test_job_lifecycle(store):
 def test_failed_job_reports_error_and_resumes_keeping_chunks(store):
     job = protocol_job(store)
     first = job.claim("a")
-    job.create_plan({"num_chunks": 3})
+    job.create_plan(plan(3))
     first.commit_chunk(0, chunk_table(0, 5))
     first.fail("model did not load")
     status = job.status()
@@ -194,15 +213,17 @@ def test_failed_job_reports_error_and_resumes_keeping_chunks(store):
 
 
 def test_crashed_attempt_parts_are_invisible_and_lease_expiry_frees_the_job(store, monkeypatch):
-    monkeypatch.setenv("BAKEHOUSE_LEASE_SECONDS", "0.5")
-    job = protocol_job(store)
+    clock = FakeClock()
+    job = Job(store.storage, store.storage.path("protocol", "crashed"), "stim", clock=clock)
     crashed = job.claim("a")
-    job.create_plan({"num_chunks": 2})
+    job.create_plan(plan(2))
     crashed.commit_chunk(0, chunk_table(0, 4))
     # A part written but never committed (the process died before the marker).
-    store.storage.write_bytes(job._path("parts/000001-g000001.parquet"), b"garbage")
-    monkeypatch.setattr("repo_store.jobs._pid_alive", lambda pid: True)  # a live pid on another machine
-    time.sleep(0.7)
+    store.storage.write_bytes(job.layout.part("parts/000001-g000001.parquet"), b"garbage")
+    monkeypatch.setattr("repo_store.jobs.process_alive", lambda pid: True)  # a live pid on another machine
+    clock.advance(59)
+    assert job.status().status == "running" and job.claim("too early") is None  # the lease (60 s) holds
+    clock.advance(2)
     crashed_status = job.status()
     assert crashed_status.status == "failed" and "start it again to resume" in crashed_status.error
     assert crashed_status.lines == 4
@@ -217,7 +238,7 @@ def test_crashed_attempt_parts_are_invisible_and_lease_expiry_frees_the_job(stor
 def test_two_attempts_committing_one_chunk_keep_the_first(store):
     job = protocol_job(store)
     first = job.claim("a")
-    job.create_plan({"num_chunks": 1})
+    job.create_plan(plan(1))
     first.release()
     second = job.claim("b")
     first.commit_chunk(0, chunk_table(0, 3))
@@ -232,7 +253,7 @@ def test_two_attempts_committing_one_chunk_keep_the_first(store):
 def test_running_view_is_the_unbroken_prefix(store):
     job = protocol_job(store)
     attempt = job.claim("a")
-    job.create_plan({"num_chunks": 3})
+    job.create_plan(plan(3))
     attempt.commit_chunk(1, chunk_table(1, 5))  # a later shard finished first
     assert job.status().lines == 0 and job.status().progress_percent == 33.33
     attempt.commit_chunk(0, chunk_table(0, 5))
@@ -388,19 +409,22 @@ def test_walking_all_pages_yields_every_row_once(paged_job):
 
 
 def test_an_attempt_that_stops_making_progress_loses_its_lease(store, monkeypatch):
-    monkeypatch.setenv("BAKEHOUSE_LEASE_SECONDS", "0.4")
-    monkeypatch.setenv("BAKEHOUSE_STALL_SECONDS", "0.3")
-    job = protocol_job(store)
-    working = job.claim("busy").keep_alive()
-    for _ in range(8):  # progress keeps the lease
+    monkeypatch.setenv("BAKEHOUSE_STALL_SECONDS", "30")  # the lease stays 60 s
+    monkeypatch.setattr("repo_store.jobs.process_alive", lambda pid: True)  # as if on another machine
+    clock = FakeClock()
+    job = Job(store.storage, store.storage.path("protocol", "hung"), "stim", clock=clock)
+    working = job.claim("busy")
+    for _ in range(5):  # progress keeps the lease, well past its 60 s: each wake-up of the keep-alive beats
+        clock.advance(20)
         working.touch()
-        time.sleep(0.1)
-    assert job.status().status == "running"
-    monkeypatch.setattr("repo_store.jobs._pid_alive", lambda pid: True)  # as if on another machine
-    time.sleep(1.0)  # hung: no touch, so no heartbeat
+        assert working.beat_if_progressing()
+    assert job.status().status == "running" and not job.status().stalled
+    clock.advance(31)  # hung: no touch, so no heartbeat
+    assert not working.beat_if_progressing()
+    assert job.status().stalled and job.status().status == "running"
+    clock.advance(30)
     assert job.status().status == "failed"
     assert job.claim("rescuer") is not None
-    working._stop()
 
 
 def test_download_links_are_presigned_on_s3_and_signed_tokens_locally(store):
@@ -468,7 +492,7 @@ def test_parts_written_as_json_rows_only_are_still_served(store):
 
     job = protocol_job(store)
     attempt = job.claim("me")
-    job.create_plan({"num_chunks": 1, "total_expected": 3})
+    job.create_plan(plan(1, 3))
     rows = [{"stimulus_id": i, "response": {"role": "assistant", "content": f"old {i}"}} for i in range(3)]
     old = pa.table({"stimulus_id": pa.array([0, 1, 2], pa.int64()),
                     "row": pa.array([json.dumps(r) for r in rows], pa.large_string())})
@@ -488,7 +512,7 @@ def test_a_job_resumed_across_an_upgrade_that_added_columns_still_completes(stor
 
     job = protocol_job(store)
     attempt = job.claim("me")
-    job.create_plan({"num_chunks": 2, "total_expected": 4})
+    job.create_plan(plan(2, 4))
     old = pa.table({"stimulus_id": pa.array([0, 1], pa.int64()),
                     "row": pa.array([json.dumps({"stimulus_id": i}) for i in (0, 1)], pa.large_string())})
     attempt.commit_chunk(0, old)

@@ -67,7 +67,7 @@ def test_same_seeds_same_texts(vllm_engine):
 
 
 def test_large_batch_streams_every_key_once(vllm_engine):
-    """200 requests x n=4: far above the 4096-token prefill budget (stack notes §2.1)."""
+    """200 requests x n=4: far above the 4096-token prefill budget (on CPU, chunked prefill is off and vLLM must schedule it in steps)."""
     count, window = 200, 48
     pulled = 0
 

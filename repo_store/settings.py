@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(10_000_000, ge=1, description="Largest request body the API accepts")
     rate_limit_per_hour: int = Field(36_000, ge=1, description="Requests per key per hour, bursts included")
     usage_flush_seconds: float = Field(5.0, gt=0, description="How often key usage is written to storage")
-    start_timeout: float = Field(900.0, gt=0, description="Seconds a queued job may wait for a worker before it is reported failed")
+    start_timeout: float = Field(900.0, gt=0, description="Seconds a started worker may take to claim its job before the job is reported failed")
     # Serving chat
     serve_checkpoints: Literal["adapter", "merged"] | None = Field(None, description="How baked checkpoints are served (default: adapter on GPU, merged on CPU)")
     serve_max_servers: int = Field(2, ge=1, description="vLLM servers kept loaded for chat at once")

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.parquet as pq
+from cachetools import LRUCache
 
 from repo_store.jobs import Job
 from repo_store.parts import ROW_COLUMN, TOKEN_COLUMNS, PartInfo
@@ -56,23 +56,16 @@ class FooterCache:
     """Parsed Parquet footers by path. Parts are immutable (attempt-scoped names), so never stale."""
 
     def __init__(self, capacity: int = 512):
-        self.capacity = capacity
-        self._items: OrderedDict[str, pq.FileMetaData] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: LRUCache[str, pq.FileMetaData] = LRUCache(maxsize=capacity)
+        self._lock = threading.Lock()  # cachetools' caches are not thread-safe; API requests share this one
 
     def get(self, path: str) -> pq.FileMetaData | None:
         with self._lock:
-            meta = self._items.get(path)
-            if meta is not None:
-                self._items.move_to_end(path)
-            return meta
+            return self._items.get(path)
 
     def put(self, path: str, meta: pq.FileMetaData) -> None:
         with self._lock:
             self._items[path] = meta
-            self._items.move_to_end(path)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
 
 
 def read_page(job: Job, *, offset: int, limit: int, footers: FooterCache, include_tokens: bool = False) -> Page:

@@ -15,10 +15,12 @@ stored copy with `created=False`; a different one raises Conflict. Nothing is ev
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+
+from cachetools import LRUCache
 
 from targets import (
     Conflict,
@@ -112,7 +114,8 @@ class Store:
         self.footers = FooterCache()
         self.keys = KeyStore(self.storage)
         self.downloads = DownloadSigner(self.storage)
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._jobs: LRUCache[str, Job] = LRUCache(maxsize=MAX_CACHED_JOBS)
+        self._jobs_lock = threading.Lock()  # request threads share it; cachetools' caches are not thread-safe
 
     @property
     def url(self) -> str:
@@ -129,18 +132,18 @@ class Store:
     def job(self, folder: str, kind: JobKind) -> Job:
         # One Job object per folder keeps its immutable-marker cache warm across requests.
         key = f"{folder}/{kind}"
-        if key not in self._jobs:
-            self._jobs[key] = Job(self.storage, key, kind)
-            while len(self._jobs) > MAX_CACHED_JOBS:
-                self._jobs.popitem(last=False)
-        self._jobs.move_to_end(key)
-        return self._jobs[key]
+        with self._jobs_lock:
+            job = self._jobs.get(key)
+            if job is None:
+                job = self._jobs[key] = Job(self.storage, key, kind)
+            return job
 
     def forget_job(self, job: Job) -> None:
         """Drop a job from the cache once its folder is deleted: its parsed manifest and markers no
         longer hold. Other processes over the same storage know nothing of it: one that had read
         the manifest reports the job complete until the entry leaves its cache."""
-        self._jobs.pop(job.folder, None)
+        with self._jobs_lock:
+            self._jobs.pop(job.folder, None)
 
 
 class Workspace:

@@ -22,31 +22,22 @@ def s3_endpoint():
     It runs in a process of its own: moto's server is a Flask app, and Flask's context proxies in
     this process's modules break vLLM's kernel registration when an engine starts later.
     """
-    import socket
     import subprocess
     import sys
-    import time
 
-    import httpx
+    from net import free_port, wait_until_healthy
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(endpoint, timeout=1)
-            break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("moto server did not start")
-            time.sleep(0.1)
+    try:
+        wait_until_healthy(endpoint, timeout=60, process=process)
+    except AssertionError:
+        process.kill()
+        raise
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     os.environ.update(
         AWS_ENDPOINT_URL=endpoint,

@@ -4,18 +4,16 @@ own SDK with strict response validation), and `bakehouse recipe replay` into a n
 from __future__ import annotations
 
 import json
-import threading
-import time
 from types import SimpleNamespace
 
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 from bakehouse.api import create_app
 from bakehouse.cli import app as cli_app
 from bakehouse.replay import replay_plan
 from repo_store import Store
+from net import serve_app
 from runners import SlowRunner
 from targets import PromptSpec, RepoSpec, TargetSpec
 from targets.bake import BakeSpec
@@ -51,16 +49,8 @@ def server(tmp_path_factory):
     _, key = store.keys.create(workspace="default", scope="write")
     build_repo(store.workspace())
     # Slow rollouts: a replay that did not wait for one would find it still running.
-    uvicorn_server = uvicorn.Server(uvicorn.Config(create_app(store, SlowRunner(store)), host="127.0.0.1", port=0,
-                                                   log_level="warning"))
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    while not uvicorn_server.started:
-        time.sleep(0.05)
-    port = uvicorn_server.servers[0].sockets[0].getsockname()[1]
-    yield {"url": f"http://127.0.0.1:{port}", "key": key, "store": store}
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(create_app(store, SlowRunner(store))) as url:
+        yield {"url": url, "key": key, "store": store}
 
 
 @pytest.fixture

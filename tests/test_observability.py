@@ -9,12 +9,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import httpx
 import pytest
-import uvicorn
 
 from bakehouse.api import create_app
 from flows.rollout import run_rollout
@@ -23,6 +21,7 @@ from flows.stim import run_stim
 from repo_store import Store
 from repo_store.stats import LatencyHistogram, RequestCounts, error_kind
 from repo_store.timeline import read_timeline
+from net import serve_app
 from runners import SlowRunner
 from targets import PromptSpec, RepoSpec, TargetSpec
 
@@ -44,17 +43,8 @@ def server(tmp_path):
     _, key = store.keys.create(workspace="default", scope="write")
     setup_target(store.workspace())
     app = create_app(store, SlowRunner(store))
-    uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    while not uvicorn_server.started:
-        time.sleep(0.05)
-    port = uvicorn_server.servers[0].sockets[0].getsockname()[1]
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}, timeout=60)
-    yield http, store, app
-    http.close()
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
+        yield http, store, app
 
 
 def wait_for(http: httpx.Client, path: str, status: str = "complete") -> dict:

@@ -4,19 +4,18 @@ checkpoint's adapter from storage."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from bakehouse.api import create_app
 from flows.bake import run_bake
 from flows.rollout import run_rollout
 from flows.stim import run_stim
 from repo_store import Store
+from net import serve_app
 from runners import RecordingRunner
 from targets import TargetSpec
 from targets.bake import BakeSpec
@@ -38,16 +37,9 @@ def chat(tmp_path_factory):
     keys = {"read": store.keys.create(workspace="default", scope="read")[1],
             "other": store.keys.create(workspace="elsewhere", scope="read")[1]}
     app = create_app(store, RecordingRunner())
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    yield {"url": url, "keys": keys, "app": app, "store": store,
-           "client": openai.OpenAI(base_url=f"{url}/v1", api_key=keys["read"], max_retries=0, timeout=600)}
-    server.should_exit = True
-    thread.join(timeout=60)
+    with serve_app(app, stop_timeout=60) as url:
+        yield {"url": url, "keys": keys, "app": app, "store": store,
+               "client": openai.OpenAI(base_url=f"{url}/v1", api_key=keys["read"], max_retries=0, timeout=600)}
 
 
 def test_models_lists_the_base_model_and_every_checkpoint_of_finished_bakes(chat):

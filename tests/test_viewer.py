@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from bakehouse.api import create_app
 from browser import Browser, chromium_path
 from flows.rollout import run_rollout
 from flows.stim import run_stim
 from repo_store import Store
+from net import serve_app
 from runners import SlowRunner
 from targets import PromptSpec, RepoSpec, TargetSpec
 from targets.bake import BakeSpec
@@ -66,16 +65,10 @@ def site(tmp_path_factory):
     keys = {"write": store.keys.create(workspace="default", scope="write")[1],
             "read": store.keys.create(workspace="default", scope="read")[1],
             "other": store.keys.create(workspace="elsewhere", scope="read")[1]}
-    server = uvicorn.Server(uvicorn.Config(create_app(store, SlowRunner(store)), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    browser = Browser()
-    yield {"url": f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", "keys": keys, "browser": browser}
-    browser.close()
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(create_app(store, SlowRunner(store))) as url:
+        browser = Browser()
+        yield {"url": url, "keys": keys, "browser": browser}
+        browser.close()
 
 
 def fresh(site) -> Browser:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
+
+from net import free_port, wait_until_healthy
 
 # Before anything imports torch or vllm: no hub, in-process engine core, one OpenMP thread
 # (vLLM's engine core in this process starts in 3-5 s instead of 20-35 s in its own, on 2 cores).
@@ -39,12 +39,6 @@ def vllm_engine(tiny_model_dir):
         engine.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def unused_port() -> int:
     """A loopback port nothing listens on (right now)."""
@@ -58,8 +52,6 @@ def vllm_server(tiny_model_dir, tmp_path_factory):
     Yields the base URL (".../v1"). Start-up is bounded by SERVER_START_TIMEOUT; the whole group
     is terminated (then killed) at teardown.
     """
-    import httpx
-
     port = free_port()
     log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
     cmd = [
@@ -81,20 +73,8 @@ def vllm_server(tiny_model_dir, tmp_path_factory):
         )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{tail}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                pytest.fail(f"vLLM server not healthy after {SERVER_START_TIMEOUT}s:\n{tail}")
-            time.sleep(0.5)
+        wait_until_healthy(f"{base}/health", timeout=SERVER_START_TIMEOUT, process=proc,
+                           why=lambda: log_path.read_text(errors="replace")[-3000:])
         yield f"{base}/v1"
     finally:
         _stop_group(proc)

@@ -36,7 +36,7 @@ def test_target_flow_runs_stim_then_rollout_and_publishes_artifacts(tmp_path):
     # Idempotent: the second run finds both jobs complete and generates nothing new.
     again = target_flow(TargetJob(repo_name="r", target_name="t", data_url=data))
     assert again["rollout"]["lines"] == 10
-    assert ws.job("r", "t", "rollout").manifest()["gen"] == 1
+    assert ws.job("r", "t", "rollout").manifest().gen == 1
 
     import anyio
 

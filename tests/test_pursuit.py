@@ -35,6 +35,6 @@ def test_three_rounds_each_learn_from_the_model_the_round_before_baked(tmp_path)
         # The same teacher prompt every round: only the model under it changed.
         assert rows[0]["unconditioned_stimulus"]["messages"][0]["content"] == "Answer like a pirate."
         run = ws.bake_run("r", ws.get_bake("r", current.bake_name))
-        assert run.job.plan()["parent_model"] == previous.checkpoint  # trained on top of the last round
+        assert run.job.plan().parent_model == previous.checkpoint  # trained on top of the last round
     # A second run finds every round done and changes nothing.
     assert run_pursuit(ws, "r", target_name="t", bake_name="b", rounds=3) == rounds

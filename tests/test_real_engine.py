@@ -131,7 +131,7 @@ def test_sigkill_mid_rollout_then_resume_loses_and_duplicates_nothing(tmp_path, 
     assert (status.status, status.lines) == ("complete", 800)
     keys = [(r["stimulus_id"], r["trajectory_id"]) for r in job.iter_rows()]
     assert keys == [(s, t) for s in range(400) for t in range(2)]
-    assert job.manifest()["gen"] == 2  # one resume, and it kept the killed attempt's chunks
+    assert job.manifest().gen == 2  # one resume, and it kept the killed attempt's chunks
     assert sum(1 for c in job.chunks().values() if c.gen == 1) == killed_at
 
 

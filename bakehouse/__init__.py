@@ -1,11 +1,12 @@
 """bakehouse: stim -> rollout training data, Bread-compatible. The edges: API, SDK and CLI.
 
     bakehouse/api.py      FastAPI routes (thin) -> bakehouse/service.py -> repo_store / runner
-    bakehouse/client.py   the Python SDK (`from bakehouse import Client, AsyncClient`)
+    bakehouse/client.py   the Python SDK (`from bakehouse import Client, AsyncClient`); its parts in bakehouse/_sdk/
     bakehouse/cli.py      the `bakehouse` command
 """
 
 from bakehouse.client import (
+    APIConnectionError,
     APIError,
     AsyncClient,
     AuthenticationError,
@@ -24,6 +25,7 @@ from bakehouse.client import (
 )
 
 __all__ = [
+    "APIConnectionError",
     "APIError",
     "AsyncClient",
     "AuthenticationError",

@@ -19,19 +19,21 @@ import typer
 from bakehouse.settings import apply_defaults
 
 if TYPE_CHECKING:
+    from bakehouse._sdk.models import BakeResponse, JobStatus, OutputPage
     from bakehouse.client import Client
 
 app = typer.Typer(help="bakehouse: stim -> rollout training data, Bread-compatible.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (stored hashed on the configured storage).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-DataOption = typer.Option(None, "--data", envvar="BAKEHOUSE_DATA", help="Storage URL: a folder or s3://bucket/prefix.")
+# No envvar here: unset, Store(None) takes the storage from repo_store.settings, where BAKEHOUSE_DATA is read.
+DataOption = typer.Option(None, "--data", help="Storage URL: a folder or s3://bucket/prefix (default: BAKEHOUSE_DATA).")
 RepoOption = typer.Option(..., "--repo", "-r", help="Repository name.")
 
 
 @app.callback()
 def root() -> None:
-    """Storage comes from BAKEHOUSE_DATA (default ./bakehouse-data); servers from BAKEHOUSE_BASE_URL."""
+    """Storage comes from --data or BAKEHOUSE_DATA (default ./bakehouse-data); servers from BAKEHOUSE_BASE_URL."""
 
 
 def _fail(error: Exception) -> NoReturn:
@@ -42,19 +44,14 @@ def _fail(error: Exception) -> NoReturn:
 
 @contextmanager
 def _server() -> Iterator[Client]:
-    """A client of the configured server; whatever goes wrong talking to it ends the command with
-    its message (the server's own for API errors) and exit code 1."""
-    import httpx
-
-    from bakehouse.client import BakehouseError, Client, JobFailed
+    """A client of the configured server; whatever goes wrong talking to it (any BakehouseError: the
+    server's answer, no answer, a failed job) or writing what it sent (OSError) ends the command with
+    its message and exit code 1."""
+    from bakehouse.client import BakehouseError, Client
 
     try:
         with Client() as client:
             yield client
-    except JobFailed as failed:
-        _fail(Exception(f"job failed: {failed.job.get('error')}"))
-    except httpx.TransportError as error:
-        _fail(Exception(f"cannot reach the server at {error.request.url.copy_with(path='/', query=None)}: {error}"))
     except (BakehouseError, OSError) as error:
         _fail(error)
 
@@ -107,9 +104,9 @@ def up(
 ) -> None:
     """Bring up one machine: Prefect server, work pools, deployments, workers and the API. Ctrl-C stops all."""
     from bakehouse.up import run_up
-    from repo_store.storage import data_url_from_env
+    from repo_store.settings import get_settings
 
-    run_up(port=port, prefect_port=prefect_port, data_url=data or data_url_from_env(), stimuli_per_shard=stimuli_per_shard)
+    run_up(port=port, prefect_port=prefect_port, data_url=data or get_settings().data, stimuli_per_shard=stimuli_per_shard)
 
 
 models_app = typer.Typer(help="Reserved model names built locally (no model hub needed).", no_args_is_help=True)
@@ -239,35 +236,20 @@ def _job_commands(kind: str) -> typer.Typer:
         wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until the job ends."),
     ) -> None:
         """Start (or join) the job; with --wait show a progress bar until it ends."""
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with _server() as client:
-            jobs = getattr(client.targets, kind)
-            if not wait:
-                typer.echo(json.dumps(jobs.run(target, repo_name=repo, poll=False)))
-                return
-            with Progress(TextColumn(f"{kind:>8}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                          TextColumn("{task.fields[lines]} rows {task.fields[status]}"), TimeElapsedColumn()) as bars:
-                task = bars.add_task(kind, total=100, lines=0, status="")
-
-                def show(job: dict) -> None:
-                    bars.update(task, completed=job.get("progress_percent") or 0, lines=job.get("lines") or 0, status=job["status"])
-
-                job = jobs.run(target, repo_name=repo, poll_interval=1.0, on_progress=show)
-        typer.echo(f"{kind} {job['status']}: {job['lines']} rows")
+        _run_job(kind, target, repo, wait)
 
     @group.command("cancel")
     def cancel(target: str, repo: str = RepoOption) -> None:
         """Stop the job; its finished rows stay and the next `run` resumes from them."""
         with _server() as client:
             job = getattr(client.targets, kind).cancel(target, repo_name=repo)
-        typer.echo(f"{kind} {job['status']}: cancel requested ({job['lines']} rows kept)")
+        typer.echo(f"{kind} {job.status}: cancel requested ({job.lines} rows kept)")
 
     @group.command("status")
     def status(target: str, repo: str = RepoOption) -> None:
         """Print the job's status as JSON."""
         with _server() as client:
-            typer.echo(json.dumps(getattr(client.targets, kind).get(target, repo_name=repo), indent=2))
+            typer.echo(json.dumps(getattr(client.targets, kind).get(target, repo_name=repo).to_dict(), indent=2))
 
     @group.command("output")
     def output(
@@ -278,27 +260,9 @@ def _job_commands(kind: str) -> typer.Typer:
         jsonl: bool = typer.Option(False, "--jsonl", help="Rows as JSON lines instead of a table."),
     ) -> None:
         """Show one page of output."""
-        from rich.console import Console
-        from rich.table import Table
-
         with _server() as client:
             page = getattr(client.targets, kind).get_output(target, repo_name=repo, limit=limit, offset=offset)
-        if jsonl:
-            for row in page["output"]:
-                sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-            return
-        table = Table(title=f"{kind} rows {offset}-{offset + len(page['output'])} of {page['lines']}")
-        columns = ["stimulus_id", "question"] + (["trajectory_id", "response"] if kind == "rollout" else [])
-        for column in columns:
-            table.add_column(column, overflow="fold")
-        for row in page["output"]:
-            question = row["conditioned_stimulus"]["messages"][-1]["content"]
-            cells = [str(row.get("stimulus_id")), str(question)[:80]]
-            if kind == "rollout":
-                response = (row.get("response") or {}).get("content") or f"[error] {row.get('error')}"
-                cells += [str(row.get("trajectory_id")), response[:80]]
-            table.add_row(*cells)
-        Console().print(table)
+        _show_page(kind, page, offset, jsonl)
 
     @group.command("export")
     def export(
@@ -311,29 +275,75 @@ def _job_commands(kind: str) -> typer.Typer:
 
         The rows go to a local temporary file first and DESTINATION is written once all were read:
         an error on the way leaves an existing file as it was."""
-        import tempfile
-
-        import fsspec
-
-        if not destination.endswith((".parquet", ".jsonl", ".ndjson")):
-            _fail(Exception("destination must end in .parquet or .jsonl"))
-        with _server() as client, tempfile.TemporaryDirectory(prefix="bakehouse-export-") as scratch:
-            jobs, local = getattr(client.targets, kind), str(Path(scratch) / "rows")
-            if destination.endswith(".parquet"):
-                frame = jobs.read_dataframe(target, repo_name=repo, allow_partial=partial)
-                frame.write_parquet(local)
-                count = frame.height
-            else:
-                count = 0
-                with open(local, "w", encoding="utf-8") as handle:
-                    for row in jobs.iter_output(target, repo_name=repo, allow_partial=partial):
-                        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                        count += 1
-            fs, path = fsspec.core.url_to_fs(destination)
-            fs.put_file(local, path)
-        typer.echo(f"wrote {count} rows to {destination}")
+        _export(kind, target, destination, repo, partial)
 
     return group
+
+
+def _run_job(kind: str, target: str, repo: str, wait: bool) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with _server() as client:
+        jobs = getattr(client.targets, kind)
+        if not wait:
+            typer.echo(json.dumps(jobs.run(target, repo_name=repo, poll=False).to_dict()))
+            return
+        with Progress(TextColumn(f"{kind:>8}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                      TextColumn("{task.fields[lines]} rows {task.fields[status]}"), TimeElapsedColumn()) as bars:
+            task = bars.add_task(kind, total=100, lines=0, status="")
+
+            def show(job: JobStatus) -> None:
+                bars.update(task, completed=job.progress_percent or 0, lines=job.lines or 0, status=job.status)
+
+            job = jobs.run(target, repo_name=repo, poll_interval=1.0, on_progress=show)
+    typer.echo(f"{kind} {job.status}: {job.lines} rows")
+
+
+def _show_page(kind: str, page: OutputPage, offset: int, jsonl: bool) -> None:
+    """One page of rows as JSON lines, or as a table of their questions (and responses)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if jsonl:
+        for row in page.output:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return
+    table = Table(title=f"{kind} rows {offset}-{offset + len(page.output)} of {page.lines}")
+    columns = ["stimulus_id", "question"] + (["trajectory_id", "response"] if kind == "rollout" else [])
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in page.output:
+        question = row["conditioned_stimulus"]["messages"][-1]["content"]
+        cells = [str(row.get("stimulus_id")), str(question)[:80]]
+        if kind == "rollout":
+            response = (row.get("response") or {}).get("content") or f"[error] {row.get('error')}"
+            cells += [str(row.get("trajectory_id")), response[:80]]
+        table.add_row(*cells)
+    Console().print(table)
+
+
+def _export(kind: str, target: str, destination: str, repo: str, partial: bool) -> None:
+    import tempfile
+
+    import fsspec
+
+    if not destination.endswith((".parquet", ".jsonl", ".ndjson")):
+        _fail(Exception("destination must end in .parquet or .jsonl"))
+    with _server() as client, tempfile.TemporaryDirectory(prefix="bakehouse-export-") as scratch:
+        jobs, local = getattr(client.targets, kind), str(Path(scratch) / "rows")
+        if destination.endswith(".parquet"):
+            frame = jobs.read_dataframe(target, repo_name=repo, allow_partial=partial)
+            frame.write_parquet(local)
+            count = frame.height
+        else:
+            count = 0
+            with open(local, "w", encoding="utf-8") as handle:
+                for row in jobs.iter_output(target, repo_name=repo, allow_partial=partial):
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    count += 1
+        fs, path = fsspec.core.url_to_fs(destination)
+        fs.put_file(local, path)
+    typer.echo(f"wrote {count} rows to {destination}")
 
 
 app.add_typer(_job_commands("stim"), name="stim")
@@ -354,26 +364,26 @@ def bake_run(
 
     with _server() as client:
         if not wait:
-            typer.echo(json.dumps(client.bakes.run(bake, repo_name=repo, poll=False)))
+            typer.echo(json.dumps(client.bakes.run(bake, repo_name=repo, poll=False).to_dict()))
             return
         with Progress(TextColumn("    bake"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                       TextColumn("loss {task.fields[loss]} {task.fields[status]}"), TimeElapsedColumn()) as bars:
             task = bars.add_task("bake", total=100, loss="-", status="")
 
-            def show(job: dict) -> None:
-                loss = (job.get("loss") or {}).get("latest_loss")
-                bars.update(task, completed=job.get("progress_percent") or 0, status=job["status"],
+            def show(job: BakeResponse) -> None:
+                loss = (job.loss or {}).get("latest_loss")
+                bars.update(task, completed=job.progress_percent or 0, status=job.status,
                             loss="-" if loss is None else f"{loss:.4g}")
 
             job = client.bakes.run(bake, repo_name=repo, poll_interval=1.0, on_progress=show)
-    typer.echo(f"bake {job['status']}: final loss {(job.get('loss') or {}).get('final_loss')}; models {job.get('model_name')}")
+    typer.echo(f"bake {job.status}: final loss {(job.loss or {}).get('final_loss')}; models {job.model_name}")
 
 
 @bake_app.command("status")
 def bake_status(bake: str, repo: str = RepoOption) -> None:
     """Print the bake's status, loss and checkpoints as JSON."""
     with _server() as client:
-        typer.echo(json.dumps(client.bakes.get(bake, repo_name=repo), indent=2))
+        typer.echo(json.dumps(client.bakes.get(bake, repo_name=repo).to_dict(), indent=2))
 
 
 @bake_app.command("download")
@@ -386,15 +396,20 @@ def bake_download(
     """Save a checkpoint's adapter (.tar.gz: adapter_model.safetensors, adapter_config.json) to DESTINATION."""
     import httpx
 
+    from bakehouse.client import APIConnectionError
+
     with _server() as client:
         link = client.bakes.download(bake, repo_name=repo, checkpoint=checkpoint)
-        with httpx.stream("GET", link["url"], timeout=600) as response:
-            if response.status_code != 200:
-                _fail(Exception(f"download refused ({response.status_code}): {response.read().decode(errors='replace')}"))
-            with open(destination, "wb") as handle:
-                for block in response.iter_bytes():
-                    handle.write(block)
-    typer.echo(f"checkpoint {link['checkpoint']} of {bake} saved to {destination}")
+        try:
+            with httpx.stream("GET", link.url, timeout=600) as response:
+                if response.status_code != 200:
+                    _fail(Exception(f"download refused ({response.status_code}): {response.read().decode(errors='replace')}"))
+                with open(destination, "wb") as handle:
+                    for block in response.iter_bytes():
+                        handle.write(block)
+        except httpx.TransportError as error:
+            raise APIConnectionError.of(error) from error  # the link's host: reported as the SDK reports its own
+    typer.echo(f"checkpoint {link.checkpoint} of {bake} saved to {destination}")
 
 
 @bake_app.command("metrics")
@@ -413,7 +428,7 @@ app.add_typer(recipe_app, name="recipe")
 def recipe_plan(bake: str, repo: str = RepoOption) -> None:
     """Print the bake's recreation plan as JSON (the input of `recipe replay`)."""
     with _server() as client:
-        typer.echo(json.dumps(client.recipes.get_recreation_plan(bake, repo_name=repo), indent=2))
+        typer.echo(json.dumps(client.recipes.get_recreation_plan(bake, repo_name=repo).to_dict(), indent=2))
 
 
 @recipe_app.command("replay")

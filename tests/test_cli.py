@@ -60,6 +60,14 @@ def test_keys_create_prints_the_secret_alone_on_the_last_line(tmp_path):
     assert key is not None and (key.workspace, key.scope) == ("w", "read")
 
 
+def test_without_data_the_storage_is_the_configured_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("BAKEHOUSE_DATA", str(tmp_path))  # read by repo_store.settings, not by the CLI
+    created = CliRunner().invoke(app, ["keys", "create", "--workspace", "w"])
+    assert created.exit_code == 0, created.output
+    listed = CliRunner().invoke(app, ["keys", "list"])
+    assert [key.key_id for key in Store(str(tmp_path)).keys.list()] == [listed.output.split("\t")[0]]
+
+
 def test_keys_revoke_stops_a_key_and_names_unknown_ids(tmp_path):
     store = Store(str(tmp_path))
     kept, kept_secret = store.keys.create(workspace="w", scope="read")

@@ -3,7 +3,7 @@
 Requests are passed to a vLLM server as they came, the model name aside; answers come back as the
 server wrote them, streamed chunk by chunk when `stream` is set. A client that hangs up closes the
 upstream stream, and vLLM frees the request's sequences. (No `from __future__ import annotations`:
-FastAPI must see the dependency type `Read` itself.)
+FastAPI must see the dependency types themselves.)
 """
 
 from typing import Any
@@ -14,7 +14,8 @@ from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from bakehouse import schemas as s
-from bakehouse.serving import ChatRefused, ChatServing
+from bakehouse.dependencies import Read, Serving, Upstream
+from bakehouse.serving import ChatRefused
 from flows.engines.base import EngineError
 
 UPSTREAM_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
@@ -29,38 +30,47 @@ OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
         (502, "The model server did not answer"), (503, "The model server could not start"))}}
 
 
-def add_chat_routes(v1: APIRouter, Read: Any, serving: ChatServing, upstream: httpx.AsyncClient) -> None:
-    @v1.get("/models", tags=["chat"], description="OpenAI-compatible: the base models of this workspace's "
-                                                   "repos and every checkpoint of its finished bakes.")
-    async def list_models(service: Read):
-        cards = await anyio.to_thread.run_sync(serving.list_models, service.ws)
-        return {"object": "list", "data": cards}
+# The body goes upstream as it came, so it is read as any object; the schema still declares what
+# `ChatServing.check_request` insists on before anything else: a model name.
+CHAT_REQUEST: dict[str, Any] = {"requestBody": {"content": {"application/json": {"schema": {
+    "required": ["model"], "properties": {"model": {"type": "string", "minLength": 1}}}}}}}
 
-    @v1.post("/chat/completions", tags=["chat"], responses=OPENAI_ERRORS,
+router = APIRouter(tags=["chat"])
+
+
+@router.get("/models", description="OpenAI-compatible: the base models of this workspace's "
+                                   "repos and every checkpoint of its finished bakes.")
+async def list_models(service: Read, serving: Serving):
+    cards = await anyio.to_thread.run_sync(service.model_cards, serving)
+    return {"object": "list", "data": cards}
+
+
+@router.post("/chat/completions", responses=OPENAI_ERRORS, openapi_extra=CHAT_REQUEST,
              description="OpenAI-compatible chat with a base model or a baked checkpoint `<workspace>/<repo>/<bake>/<step>` "
                          "(`n`, `temperature`, `max_tokens`, `seed`, `stop`, `logprobs`, `stream`).")
-    async def chat_completions(service: Read, body: dict[str, Any] = Body(...)):
-        try:
-            model = serving.check_request(body)
-            route = serving.ready_route(service.ws, model) or await anyio.to_thread.run_sync(serving.route, service.ws, model)
-        except ChatRefused as refused:
-            return JSONResponse(refused.body(), status_code=refused.status)
-        except EngineError as error:
-            return JSONResponse(ChatRefused(503, f"The model server could not start: {error}", code="server_unavailable").body(),
-                                status_code=503)
-        request = upstream.build_request("POST", f"{route.base_url}/chat/completions",
-                                         json={**body, "model": route.served_model}, timeout=UPSTREAM_TIMEOUT)
-        try:
-            response = await upstream.send(request, stream=True)
-        except httpx.TransportError as error:
-            return JSONResponse(ChatRefused(502, f"The model server did not answer: {error}", code="bad_gateway").body(),
-                                status_code=502)
-        if response.status_code >= 400 or not body.get("stream"):
-            data = await response.aread()
-            await response.aclose()
-            # The server names the model as asked (the routes serve each model under its own name).
-            return Response(data, status_code=response.status_code, media_type="application/json")
-        return StreamingResponse(_relay(response), media_type="text/event-stream")
+async def chat_completions(service: Read, serving: Serving, upstream: Upstream, body: dict[str, Any] = Body(...)):
+    try:
+        model = serving.check_request(body)
+        route = (service.ready_chat_route(serving, model)
+                 or await anyio.to_thread.run_sync(service.chat_route, serving, model))
+    except ChatRefused as refused:
+        return JSONResponse(refused.body(), status_code=refused.status)
+    except EngineError as error:
+        return JSONResponse(ChatRefused(503, f"The model server could not start: {error}", code="server_unavailable").body(),
+                            status_code=503)
+    request = upstream.build_request("POST", f"{route.base_url}/chat/completions",
+                                     json={**body, "model": route.served_model}, timeout=UPSTREAM_TIMEOUT)
+    try:
+        response = await upstream.send(request, stream=True)
+    except httpx.TransportError as error:
+        return JSONResponse(ChatRefused(502, f"The model server did not answer: {error}", code="bad_gateway").body(),
+                            status_code=502)
+    if response.status_code >= 400 or not body.get("stream"):
+        data = await response.aread()
+        await response.aclose()
+        # The server names the model as asked (the routes serve each model under its own name).
+        return Response(data, status_code=response.status_code, media_type="application/json")
+    return StreamingResponse(_relay(response), media_type="text/event-stream")
 
 
 async def _relay(response: httpx.Response):

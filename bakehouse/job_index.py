@@ -19,13 +19,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from repo_store import Job, JobStatus, Store, Workspace
+from repo_store.bakes import BakeRun
 from repo_store.timeline import JobEvent, read_timeline
 from targets import NotFound
 
-from bakehouse.runner import JobRef
+from bakehouse.runner import JobRef, Runner
+from bakehouse.status import visible_status
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class JobFilter:
 
 
 class JobIndex:
-    def __init__(self, store: Store, runner: Any, *, refresh_seconds: float = 1.0, rescan_seconds: float = 60.0):
+    def __init__(self, store: Store, runner: Runner, *, refresh_seconds: float = 1.0, rescan_seconds: float = 60.0):
         self.store, self.runner = store, runner
         self.refresh_seconds, self.rescan_seconds = refresh_seconds, rescan_seconds
         self._entries: dict[str, dict[JobRef, JobEntry]] = {}  # workspace -> its jobs
@@ -131,26 +132,28 @@ class JobIndex:
     def _read(self, ws: Workspace, ref: JobRef) -> JobEntry | None:
         """The job's entry, None when it does not exist (never asked for, or deleted)."""
         try:
-            job = _job_of(ws, ref)
+            job, bake = _job_of(ws, ref)
         except NotFound:
             return None
-        status = self.runner.view(ref, job.status())
+        status = visible_status(self.runner, ref, job, bake).status
         if status.created_at is None and status.status == "not_started":
             return None
         events = tuple(e for e in read_timeline(job) if e.kind == "status")
         return JobEntry(ref, status, events, time.monotonic())
 
 
-def _job_of(ws: Workspace, ref: JobRef) -> Job:
+def _job_of(ws: Workspace, ref: JobRef) -> tuple[Job, BakeRun | None]:
+    """The job, and its bake run for a bake."""
     if ref.kind == "bake":
         bake = ws.get_bake(ref.repo_name, ref.target_name)
         if bake.bake_id != ref.target_id:
             raise NotFound("a newer bake of that name")
-        return ws.bake_run(ref.repo_name, bake).job
+        run = ws.bake_run(ref.repo_name, bake)
+        return run.job, run
     target = ws.get_target(ref.repo_name, ref.target_name)
     if target.target_id != ref.target_id:
         raise NotFound("a newer target of that name")
-    return ws.job_of(ref.repo_name, target, ref.kind)
+    return ws.job_of(ref.repo_name, target, ref.kind), None
 
 
 def _job_refs(ws: Workspace) -> Iterator[JobRef]:

@@ -4,32 +4,32 @@ bakehouse.lineage; these routes only shape its records. (No `from __future__ imp
 FastAPI must see the dependency type `Read` itself, as in bakehouse.bake_routes.)
 """
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from bakehouse import schemas as s
+from bakehouse.dependencies import Read, UserId
 from bakehouse.lineage import Lineage, RecreationPlan, TreeBake
 
+router = APIRouter()
+RECIPE = "/repo/{repo_name}/recipe/{bake_name}"
 
-def add_recipe_routes(v1: APIRouter, Read: Any, UserId: Any) -> None:
-    @v1.get("/repo/{repo_name}/tree", response_model=s.RepoTree, tags=["repo"],
+
+@router.get("/repo/{repo_name}/tree", response_model=s.RepoTree, tags=["repo"],
             description="Every bake of the repo with its status and checkpoints, and which bake each starts from.")
-    def get_tree(repo_name: str, service: Read, user_id: UserId = None):
-        base_model = service.ws.get_repo(repo_name).base_model
-        return tree_response(base_model, service.repo_tree(repo_name))
+def get_tree(repo_name: s.ResourceName, service: Read, user_id: UserId = None):
+    return tree_response(service.get_repo(repo_name).base_model, service.repo_tree(repo_name))
 
-    recipe = "/repo/{repo_name}/recipe/{bake_name}"
 
-    @v1.get(f"{recipe}/dependency-graph", response_model=s.DependencyGraph, tags=["recipes"],
+@router.get(f"{RECIPE}/dependency-graph", response_model=s.DependencyGraph, tags=["recipes"],
             description="Everything the bake needs (BFS over parent bakes, targets, prompts) and how it depends on it.")
-    def dependency_graph(repo_name: str, bake_name: str, service: Read, user_id: UserId = None):
-        return graph_response(service.dependency_graph(repo_name, bake_name))
+def dependency_graph(repo_name: s.ResourceName, bake_name: s.ResourceName, service: Read, user_id: UserId = None):
+    return graph_response(service.dependency_graph(repo_name, bake_name))
 
-    @v1.get(f"{recipe}/recreation-plan", response_model=s.RecreationPlan, tags=["recipes"],
+
+@router.get(f"{RECIPE}/recreation-plan", response_model=s.RecreationPlan, tags=["recipes"],
             description="The steps that make the bake again, each after what it needs (`bakehouse recipe replay` runs them).")
-    def recreation_plan(repo_name: str, bake_name: str, service: Read, user_id: UserId = None):
-        return plan_response(service.recreation_plan(repo_name, bake_name))
+def recreation_plan(repo_name: s.ResourceName, bake_name: s.ResourceName, service: Read, user_id: UserId = None):
+    return plan_response(service.recreation_plan(repo_name, bake_name))
 
 
 def tree_response(base_model: str, bakes: list[TreeBake]) -> s.RepoTree:

@@ -8,14 +8,15 @@ the runner only avoids starting a second process for a job whose first has not c
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from repo_store import JobStatus
+from repo_store.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,18 @@ class JobRef:
     target_name: str  # the bake's name for a bake
     target_id: str  # a target (or bake) deleted and created again under its name is another one
     kind: str  # stim | rollout | bake
+
+
+class Runner(Protocol):
+    """Where the API sends the jobs it starts (LocalRunner, PrefectRunner, or a test's)."""
+
+    def submit(self, ref: JobRef, status: JobStatus) -> None: ...
+
+    def view(self, ref: JobRef, status: JobStatus) -> JobStatus: ...
+
+    def active(self, ref: JobRef) -> bool: ...
+
+    def cancel(self, ref: JobRef) -> None: ...
 
 
 @dataclass
@@ -41,7 +54,7 @@ class Submission:
 
 def start_timeout() -> float:
     """How long a started worker may take to claim its job before it is called failed."""
-    return float(os.environ.get("BAKEHOUSE_START_TIMEOUT", "900"))
+    return get_settings().start_timeout
 
 
 class LocalRunner:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from bakehouse.job_index import JobEntry
 from repo_store import JobStatus
 from repo_store.timeline import iso_time
 from targets import Message
+from targets.names import MAX_NAME_LENGTH
 
+# targets.names.validate_name as a JSON-schema pattern, so that the OpenAPI schema declares the rule the
+# server enforces, no more and no less: its characters, no leading '.', no '..' anywhere (each '.'
+# is followed by another allowed character, except one that ends the name). tests/test_abuse.py
+# checks that the two agree.
+NAME_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$"
+ResourceName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)]
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -20,12 +27,12 @@ class _Body(BaseModel):
 
 
 class RepoCreate(_Body):
-    repo_name: str
+    repo_name: ResourceName
     base_model: str | None = "Qwen/Qwen3-32B"
 
 
 class PromptCreate(_Body):
-    prompt_name: str
+    prompt_name: ResourceName
     messages: list[Message]
     tools: list[dict[str, Any]] | None = None
 
@@ -40,14 +47,14 @@ class BatchPromptSet(_Body):
 
 
 class TargetCreate(_Body):
-    target_name: str
-    template: str
+    target_name: ResourceName
+    template: ResourceName
     # Validated by targets.resolve_target, which names every bad field in one message.
     overrides: dict[str, Any] | None = None
 
 
 class TargetConfigBody(_Body):
-    template: str
+    template: ResourceName
     overrides: dict[str, Any] | None = None
 
 
@@ -56,14 +63,14 @@ class BatchTargetCreate(_Body):
 
 
 class BakeCreate(_Body):
-    bake_name: str
-    template: str = "default"
+    bake_name: ResourceName
+    template: ResourceName = "default"
     # Validated by targets.bake.BakeConfig, which names every bad field in one message.
     overrides: dict[str, Any] | None = None
 
 
 class BakeConfigBody(_Body):
-    template: str = "default"
+    template: ResourceName = "default"
     overrides: dict[str, Any] | None = None
 
 

@@ -5,12 +5,11 @@ Route functions stay thin: they parse the request, call one function here and sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from repo_store import Job, JobStatus, StoredTarget, Workspace
 from repo_store.bakes import ADAPTER_ARCHIVE
-from repo_store.records import BakePlan
 from repo_store.stats import job_stats
 from repo_store.timeline import JobEvent, read_timeline
 from repo_store.store import DeletedOutput, StoredBake
@@ -20,17 +19,11 @@ from targets.bake import BakeSpec
 from bakehouse.events import Snapshot
 from bakehouse.job_index import JobEntry, JobFilter, JobIndex
 from bakehouse.lineage import Lineage, RecreationPlan, TreeBake, plan_recreation, read_lineage, repo_tree
-from bakehouse.runner import JobRef
+from bakehouse.runner import JobRef, Runner
+from bakehouse.status import visible_status
 
-
-class Runner(Protocol):
-    def submit(self, ref: JobRef, status: JobStatus) -> None: ...
-
-    def view(self, ref: JobRef, status: JobStatus) -> JobStatus: ...
-
-    def active(self, ref: JobRef) -> bool: ...
-
-    def cancel(self, ref: JobRef) -> None: ...
+if TYPE_CHECKING:
+    from bakehouse.serving import ChatServing, Route
 
 
 @dataclass(frozen=True)
@@ -63,6 +56,24 @@ class Service:
         return self.index.list(self.ws.name, where, offset=offset, limit=limit)
 
     # -- resources -----------------------------------------------------------------------------
+
+    def list_repos(self) -> list[str]:
+        return self.ws.list_repos()
+
+    def get_repo(self, repo_name: str) -> RepoSpec:
+        return self.ws.get_repo(repo_name)
+
+    def list_prompts(self, repo_name: str) -> list[str]:
+        return self.ws.list_prompts(repo_name)
+
+    def get_prompt(self, repo_name: str, prompt_name: str) -> PromptSpec:
+        return self.ws.get_prompt(repo_name, prompt_name)
+
+    def list_targets(self, repo_name: str) -> list[str]:
+        return self.ws.list_targets(repo_name)
+
+    def get_target(self, repo_name: str, target_name: str) -> StoredTarget:
+        return self.ws.get_target(repo_name, target_name)
 
     def create_repo(self, repo_name: str, base_model: str | None) -> tuple[RepoSpec, bool]:
         return self.ws.create_repo(parse(RepoSpec, {"repo_name": repo_name, "base_model": base_model}, "repo"))
@@ -125,14 +136,10 @@ class Service:
         return self._job_of(repo_name, self.ws.get_target(repo_name, target_name), kind)
 
     def _job_of(self, repo_name: str, target: StoredTarget, kind: str) -> tuple[JobStatus, dict[str, Any], Job]:
-        job, ref = self.ws.job_of(repo_name, target, kind), self._ref(repo_name, target, kind)
-        status = job.status()
-        viewed = self.runner.view(ref, status)
-        if viewed.status == "failed" and status.status != "failed":
-            # The runner saw its run end after we read storage: the run may have finished the job.
-            viewed = self.runner.view(ref, job.status())
+        job = self.ws.job_of(repo_name, target, kind)
+        status = visible_status(self.runner, self._ref(repo_name, target, kind), job).status
         config = target.config.stim_part() if kind == "stim" else target.config.rollout_part()
-        return viewed, config, job
+        return status, config, job
 
     def job_watch_key(self, repo_name: str, target_name: str, kind: str) -> JobRef:
         """Names the job for watchers (a target deleted and created again is another job)."""
@@ -227,15 +234,10 @@ class Service:
         """The bake, its job status as clients see it, and its training figures so far."""
         bake = self.ws.get_bake(repo_name, bake_name)
         run = self.ws.bake_run(repo_name, bake)
-        status = self.runner.view(self._bake_ref(repo_name, bake), run.job.status())
-        plan = run.job.plan()
-        total_steps = plan.total_steps if isinstance(plan, BakePlan) else None
+        visible = visible_status(self.runner, self._bake_ref(repo_name, bake), run.job, run)
+        status, live, total_steps = visible.status, visible.live, visible.total_steps
         metrics = list(run.iter_metrics())
-        losses = [row["loss"] for row in metrics]
-        live = run.read_live(status.attempt) if status.attempt and status.status == "running" else None
-        if live:
-            losses.append(live["loss"])
-            status = replace(status, progress_percent=round(100.0 * live["step"] / max(total_steps or 1, 1), 2))
+        losses = [row["loss"] for row in metrics] + ([live["loss"]] if live else [])
         loss = None
         if losses:  # keys without a value yet are left out (Bread's SDK reads loss as str -> float)
             loss = {"latest_loss": losses[-1], "min_loss": min(losses), "max_loss": max(losses)}
@@ -257,15 +259,12 @@ class Service:
         """One look at a bake for its event stream: status, step and loss, and its timeline."""
         bake = self.ws.get_bake(repo_name, bake_name)
         run = self.ws.bake_run(repo_name, bake)
-        status = self.runner.view(self._bake_ref(repo_name, bake), run.job.status())
-        live = run.read_live(status.attempt) if status.attempt and status.status == "running" else None
+        visible = visible_status(self.runner, self._bake_ref(repo_name, bake), run.job, run)
+        status, live, total_steps = visible.status, visible.live, visible.total_steps
         progress = {"status": status.status, "phase": status.phase, "progress_percent": status.progress_percent,
-                    "stalled": status.stalled, "step": live["step"] if live else None,
-                    "total_steps": getattr(run.job.plan(), "total_steps", None),
+                    "stalled": status.stalled, "step": live["step"] if live else None, "total_steps": total_steps,
                     # shaped as in the bake's status, so a client can lay one over the other
                     "loss": {"latest_loss": live["loss"]} if live else None}
-        if live and progress["total_steps"]:
-            progress["progress_percent"] = round(100.0 * live["step"] / progress["total_steps"], 2)
         return Snapshot(progress, read_timeline(run.job), status.error)
 
     def start_bake(self, repo_name: str, bake_name: str) -> tuple[StoredBake, JobStatus, dict[str, Any]]:
@@ -333,9 +332,23 @@ class Service:
     def repo_tree(self, repo_name: str) -> list[TreeBake]:
         """Every bake of the repo, its status as `bake_status` reports it, and its parent bake."""
         def status_of(bake: StoredBake) -> str:
-            return self.runner.view(self._bake_ref(repo_name, bake), self.ws.bake_run(repo_name, bake).job.status()).status
+            return visible_status(self.runner, self._bake_ref(repo_name, bake), self.ws.bake_run(repo_name, bake).job).status.status
 
         return repo_tree(self.ws, repo_name, status_of)
+
+    # -- chat ----------------------------------------------------------------------------------
+
+    def model_cards(self, serving: ChatServing) -> list[dict[str, Any]]:
+        """The models of this workspace that chat can serve (storage reads: call it off the event loop)."""
+        return serving.list_models(self.ws)
+
+    def ready_chat_route(self, serving: ChatServing, model: str) -> Route | None:
+        """Where the model is served, when that is known without I/O."""
+        return serving.ready_route(self.ws, model)
+
+    def chat_route(self, serving: ChatServing, model: str) -> Route:
+        """Where the model is served, starting its server if need be (blocks: call it off the event loop)."""
+        return serving.route(self.ws, model)
 
 
 def _bake_stats(metrics: list[dict[str, Any]], live: dict[str, Any] | None, total_steps: int | None) -> dict[str, Any]:

@@ -9,10 +9,15 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings, strategies as st
+from pydantic import TypeAdapter, ValidationError as PydanticValidationError
 
 from bakehouse.api import create_app
+from bakehouse.schemas import NAME_PATTERN, ResourceName
 from runners import RecordingRunner
 from repo_store import JobStatus, Store
+from targets import ValidationFailed, validate_name
+from targets.names import MAX_NAME_LENGTH
 
 
 @pytest.fixture
@@ -60,6 +65,10 @@ TARGET = {"teacher_prompt": "p", "student_prompt": "p", "generators": [{"type": 
         ("get", "/v1/repo/r/targets/nope/stim/output?offset=-1", None, 422),
         ("get", "/v1/repo/r/targets/nope/stim/output?limit=abc", None, 422),
         ("post", "/v1/repo/nope/targets/t/stim", None, 404),
+        ("get", "/v1/repo/sp%20ace/targets", None, 422),
+        ("post", "/v1/repo/r/targets/.t/stim", None, 422),
+        ("post", "/v1/repo/r/targets/batch", {"targets": [{"target_name": "a/b", "template": "default"}]}, 422),
+        ("get", "/v1/jobs?created_before=0.5", None, 422),  # the schema says date-time, not a number
         ("post", "/v1/repo", {"repo_name": "big", "base_model": "x" * 60_000}, 413),
     ],
 )
@@ -172,3 +181,26 @@ def test_local_runner_gives_up_on_a_worker_that_never_claims(tmp_path, monkeypat
     runner.submit(ref, idle)  # started again: on its way again
     assert runner.active(ref) and runner.started == 3
     runner.close()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.text(alphabet="ab9_-.", max_size=6),
+    st.text(alphabet=st.sampled_from("aZ0_-./ \n\x00é"), max_size=8),
+    st.from_regex(NAME_PATTERN),
+    st.integers(MAX_NAME_LENGTH - 1, MAX_NAME_LENGTH + 1).map(lambda n: "a" * n),
+))
+def test_the_declared_name_rule_is_the_enforced_one(name):
+    """What the OpenAPI schema declares for a name (bakehouse.schemas.ResourceName, validated as the
+    server validates request fields) accepts exactly what targets.names.validate_name accepts."""
+    try:
+        validate_name(name)
+        enforced = True
+    except ValidationFailed:
+        enforced = False
+    try:
+        TypeAdapter(ResourceName).validate_python(name)
+        declared = True
+    except PydanticValidationError:
+        declared = False
+    assert declared == enforced, name

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import dataclasses
 import io
 import json
 import os
@@ -25,7 +26,11 @@ import uvicorn
 
 from bakehouse import AsyncClient, BadRequestError, Client, ConflictError, JobTimeout, NotFoundError, PermissionDeniedError, UnprocessableEntityError
 from bakehouse.api import create_app
-from repo_store import Store
+from bakehouse.runner import JobRef, queued
+from bakehouse.status import visible_status
+from repo_store import JobStatus, Store
+from repo_store.records import BakePlan
+from targets import PromptSpec, RepoSpec, TargetSpec
 
 QUESTIONS = [f"question {i}?" for i in range(12)]
 
@@ -420,3 +425,99 @@ def test_bake_through_our_sdk_with_progress_and_metric_pages(api):
     again, rows, names = anyio.run(through_async_client)
     assert again["model_name"] == done["model_name"] and [m["iter"] for m in rows] == list(range(1, 7))
     assert names == ["b"]
+
+
+def _distinct_status() -> JobStatus:
+    """A status with every field set to a value of its own (none left at its default)."""
+    status = JobStatus("running", lines=7, total_expected=9, progress_percent=12.5, error="slow", attempt=3,
+                       summary={"dedup": 2}, phase="generating", created_at=1.0, started_at=2.0, completed_at=3.0,
+                       stalled=True)
+    defaults = JobStatus("not_started")
+    assert all(getattr(status, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(JobStatus))
+    return status
+
+
+class _StubJob:
+    def __init__(self, *statuses: JobStatus):
+        self._statuses = list(statuses)
+
+    def status(self) -> JobStatus:
+        return self._statuses.pop(0) if len(self._statuses) > 1 else self._statuses[0]
+
+    def plan(self) -> BakePlan:
+        return BakePlan(total_steps=10, trajectories=40, parent_model="fake")
+
+
+class _StubBakeRun:
+    def read_live(self, attempt: int) -> dict:
+        return {"step": 5, "loss": 0.5}
+
+
+class _ViewRunner:
+    def __init__(self, view):
+        self.view = lambda ref, status: view(status)
+
+
+@pytest.mark.parametrize("overlay, changes", [
+    (lambda status: status, {}),
+    (queued, {"status": "not_started", "error": None, "phase": "queued", "stalled": False}),
+    (lambda status: dataclasses.replace(status, status="failed", error="gone", phase="failed"),
+     {"status": "failed", "error": "gone", "phase": "failed"}),
+])
+def test_the_visible_status_keeps_every_field_it_does_not_change(overlay, changes):
+    """storage -> runner -> visible_status -> routes: a field dropped on the way (a JobStatus copied
+    field by field, say) would reach clients as its default."""
+    ref = JobRef("w", "r", "t", "t-id", "stim")
+    stored = _distinct_status()
+    expected = dataclasses.replace(stored, **changes)
+    assert visible_status(_ViewRunner(overlay), ref, _StubJob(stored)).status == expected
+    bake = visible_status(_ViewRunner(overlay), dataclasses.replace(ref, kind="bake"), _StubJob(stored), _StubBakeRun())
+    if expected.status == "running":  # the trainer's latest step moves the bake's progress, nothing else
+        expected = dataclasses.replace(expected, progress_percent=50.0)
+    assert bake.status == expected and bake.total_steps == 10
+
+
+def test_every_route_shows_the_one_visible_status(tmp_path):
+    """The job's status, its event stream and the job listing all show storage's fields (summary,
+    phase, error) with the runner's word laid over them."""
+    from fastapi.testclient import TestClient
+    from runners import RecordingRunner
+
+    class SayingRunner(RecordingRunner):
+        def view(self, ref, status):
+            return dataclasses.replace(status, error=f"runner: {status.error}") if status.status == "failed" else status
+
+    store = Store(str(tmp_path))
+    _, key = store.keys.create(workspace="default", scope="read")
+    ws = store.workspace()
+    ws.create_repo(RepoSpec(repo_name="r", base_model="fake"))
+    ws.create_prompt("r", PromptSpec(prompt_name="p", messages=[]))
+    ws.create_target("r", TargetSpec(target_name="t", overrides={
+        "teacher_prompt": "p", "student_prompt": "p", "generators": [{"type": "hardcoded", "questions": ["q?"]}]}))
+    ws.job("r", "t", "stim").claim().fail("boom", summary={"dedup": 2})
+    http = TestClient(create_app(store, SayingRunner()), headers={"Authorization": f"Bearer {key}"})
+    shown = http.get("/v1/repo/r/targets/t/stim").json()
+    assert (shown["status"], shown["phase"], shown["summary"], shown["error"]) == ("failed", "failed", {"dedup": 2}, "runner: boom")
+    listed = http.get("/v1/jobs").json()["jobs"]
+    assert [(j["id"], j["phase"], j["error"]) for j in listed] == [("r/t/stim", "failed", "runner: boom")]
+    with http.stream("GET", "/v1/repo/r/targets/t/stim/events") as events:
+        text = "".join(events.iter_text())
+    progress = json.loads(text.split("event: progress", 1)[1].split("data: ", 1)[1].split("\r\n", 1)[0])
+    assert (progress["status"], progress["phase"]) == ("failed", "failed")
+
+
+def test_a_router_serves_alone_with_its_dependencies_overridden(tmp_path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from runners import RecordingRunner
+
+    from bakehouse import repo_routes
+    from bakehouse.dependencies import reader
+    from bakehouse.service import Service
+
+    ws = Store(str(tmp_path)).workspace()
+    ws.create_repo(RepoSpec(repo_name="r", base_model="fake"))
+    app = FastAPI()
+    app.include_router(repo_routes.router)
+    app.dependency_overrides[reader] = lambda: Service(ws, RecordingRunner())
+    assert TestClient(app).get("/repo/r").json() == {"repo_name": "r", "base_model": "fake"}

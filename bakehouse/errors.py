@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from bakehouse import schemas as s
+from repo_store.records import RecordError
 from targets import BakehouseError, Conflict, InvalidInput, NotFound, ValidationFailed
 
 STATUS_BY_ERROR = {ValidationFailed: 422, InvalidInput: 400, NotFound: 404, Conflict: 409}
@@ -73,6 +74,12 @@ async def schema_error(request: Request, error: RequestValidationError) -> JSONR
     return error_response(422, f"Invalid request: {summary}", "VALIDATION_ERROR", detail=safe)
 
 
+async def unreadable_record(request: Request, error: RecordError) -> JSONResponse:
+    # A job file this version cannot read (a newer bakehouse wrote it, or it is damaged): say which,
+    # so an operator can upgrade or repair, instead of a bare internal error.
+    return error_response(500, str(error), "UNREADABLE_RECORD")
+
+
 async def unexpected(request: Request, error: Exception) -> JSONResponse:
     return error_response(500, "Internal server error", "INTERNAL_ERROR")
 
@@ -82,4 +89,5 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuthError, auth_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, schema_error)
+    app.add_exception_handler(RecordError, unreadable_record)
     app.add_exception_handler(Exception, unexpected)

@@ -7,6 +7,7 @@ import time
 import polars as pl
 import pytest
 
+from flows.engines import EngineError
 from flows.engines.fake import FakeEngine
 from flows.rollout import run_rollout
 from flows.stim import run_stim
@@ -452,7 +453,7 @@ def test_an_engine_that_fails_everything_fails_the_job_instead_of_publishing_err
     ws = store.workspace()
     setup_target(ws, [{"type": "hardcoded", "questions": questions(12)}])
     run_stim(ws, "r", "t", engines=CountingEngines())
-    with pytest.raises(Exception, match="every request of chunk 0 failed"):
+    with pytest.raises(EngineError, match="every request of chunk 0 failed"):
         run_rollout(ws, "r", "t", engines=CountingEngines(fail_keys=range(12)), chunk_size=6)
     status = ws.job("r", "t", "rollout").status()
     assert status.status == "failed" and "simulated failure" in status.error and status.lines == 0

@@ -57,6 +57,23 @@ def test_a_record_from_a_newer_writer_is_refused_by_name(old_workspace):
         old_workspace.job("r", "t", "stim").status()
 
 
+def test_the_api_names_the_unreadable_record_instead_of_a_bare_internal_error(old_workspace):
+    from fastapi.testclient import TestClient
+
+    from bakehouse.api import create_app
+    from runners import RecordingRunner
+
+    store = old_workspace.store
+    job = old_workspace.job("r", "t", "stim")
+    path = Path(job.storage.url_for(job.layout.manifest))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "v": 2}))
+    _, key = store.keys.create(workspace="default", scope="read")
+    with TestClient(create_app(store, RecordingRunner())) as client:
+        answer = client.get("/v1/repo/r/targets/t/stim", headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 500 and answer.json()["code"] == "UNREADABLE_RECORD"
+    assert "stim/manifest.json" in answer.json()["message"] and "upgrade bakehouse" in answer.json()["message"]
+
+
 def test_a_broken_record_is_refused_not_misread(old_workspace):
     job = old_workspace.job("r", "t", "rollout")
     path = Path(job.storage.url_for(job.layout.chunk(0)))

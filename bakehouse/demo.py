@@ -126,7 +126,7 @@ def bake_locally(workspace: Workspace, repo: str, spec: BakeSpec) -> int:
                 status = run.job.status()
                 live = run.read_live(status.attempt) if status.attempt else None
                 if live:
-                    bars.update(task, completed=100.0 * live["step"] / live["total_steps"], loss=f"{live['loss']:.4f}")
+                    bars.update(task, completed=100.0 * live.step / live.total_steps, loss=f"{live.loss:.4f}")
             bars.update(task, completed=run.job.status().progress_percent or 0)
 
     watcher = threading.Thread(target=show, daemon=True)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from repo_store import Job, JobStatus, StoredTarget, Workspace
 from repo_store.bakes import ADAPTER_ARCHIVE
+from repo_store.records import LiveStep
 from repo_store.stats import job_stats
 from repo_store.timeline import JobEvent, read_timeline
 from repo_store.store import DeletedOutput, StoredBake
@@ -237,7 +238,7 @@ class Service:
         visible = visible_status(self.runner, self._bake_ref(repo_name, bake), run.job, run)
         status, live, total_steps = visible.status, visible.live, visible.total_steps
         metrics = list(run.iter_metrics())
-        losses = [row["loss"] for row in metrics] + ([live["loss"]] if live else [])
+        losses = [row["loss"] for row in metrics] + ([live.loss] if live else [])
         loss = None
         if losses:  # keys without a value yet are left out (Bread's SDK reads loss as str -> float)
             loss = {"latest_loss": losses[-1], "min_loss": min(losses), "max_loss": max(losses)}
@@ -262,9 +263,9 @@ class Service:
         visible = visible_status(self.runner, self._bake_ref(repo_name, bake), run.job, run)
         status, live, total_steps = visible.status, visible.live, visible.total_steps
         progress = {"status": status.status, "phase": status.phase, "progress_percent": status.progress_percent,
-                    "stalled": status.stalled, "step": live["step"] if live else None, "total_steps": total_steps,
+                    "stalled": status.stalled, "step": live.step if live else None, "total_steps": total_steps,
                     # shaped as in the bake's status, so a client can lay one over the other
-                    "loss": {"latest_loss": live["loss"]} if live else None}
+                    "loss": {"latest_loss": live.loss} if live else None}
         return Snapshot(progress, read_timeline(run.job), status.error)
 
     def start_bake(self, repo_name: str, bake_name: str) -> tuple[StoredBake, JobStatus, dict[str, Any]]:
@@ -351,7 +352,7 @@ class Service:
         return serving.route(self.ws, model)
 
 
-def _bake_stats(metrics: list[dict[str, Any]], live: dict[str, Any] | None, total_steps: int | None) -> dict[str, Any]:
+def _bake_stats(metrics: list[dict[str, Any]], live: LiveStep | None, total_steps: int | None) -> dict[str, Any]:
     """A bake's run statistics from its committed metrics rows. Only every
     `train_log_iter_interval`-th step is logged, so time and cost are the logged steps' mean times
     the steps done."""
@@ -359,7 +360,7 @@ def _bake_stats(metrics: list[dict[str, Any]], live: dict[str, Any] | None, tota
 
     timed = [row for row in metrics if row.get("tokens_per_s")]
     seconds_per_step = sum(row["tokens"] / row["tokens_per_s"] for row in timed) / len(timed) if timed else None
-    step = max([row["iter"] for row in metrics] + [live["step"] if live else 0])
+    step = max([row["iter"] for row in metrics] + [live.step if live else 0])
     seconds = step * seconds_per_step if seconds_per_step else None
     return {
         "step": step,

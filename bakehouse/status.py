@@ -8,11 +8,10 @@ derived with `dataclasses.replace`: no field is lost on the way.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 from repo_store import Job, JobStatus
 from repo_store.bakes import BakeRun
-from repo_store.records import BakePlan
+from repo_store.records import BakePlan, LiveStep
 
 from bakehouse.runner import JobRef, Runner
 
@@ -20,7 +19,7 @@ from bakehouse.runner import JobRef, Runner
 @dataclass(frozen=True)
 class Visible:
     status: JobStatus
-    live: dict[str, Any] | None = None  # a running bake's latest {step, loss}, written by its trainer
+    live: LiveStep | None = None  # a running bake's latest step and loss, written by its trainer
     total_steps: int | None = None  # a bake's, from its plan
 
 
@@ -37,5 +36,5 @@ def visible_status(runner: Runner, ref: JobRef, job: Job, bake: BakeRun | None =
     total_steps = plan.total_steps if isinstance(plan, BakePlan) else None
     live = bake.read_live(status.attempt) if status.attempt and status.status == "running" else None
     if live:
-        status = replace(status, progress_percent=round(100.0 * live["step"] / max(total_steps or 1, 1), 2))
+        status = replace(status, progress_percent=round(100.0 * live.step / max(total_steps or 1, 1), 2))
     return Visible(status, live, total_steps)

@@ -19,7 +19,7 @@ from prefect import flow
 
 from repo_store import MAX_PAGE_LIMIT, JobStatus, Store, Workspace
 from repo_store.bakes import BakeRun
-from repo_store.records import BakePlan
+from repo_store.records import BakePlan, LiveStep
 from targets.bake import BakeConfig, epoch_order, select_trajectories
 
 from flows.data_parallel import data_parallel, init_group, share_flag, share_int
@@ -69,7 +69,7 @@ def run_bake(
             attempt.touch()
             if step % bake.config.train_log_iter_interval == 0 or step == training.total_steps:
                 pending.append(_metrics_row(step, step / training.steps_per_epoch, result))
-                run.write_live(attempt.gen, {"step": step, "total_steps": training.total_steps, "loss": result.loss})
+                run.write_live(attempt.gen, LiveStep(step=step, total_steps=training.total_steps, loss=result.loss))
             progress.update(100.0 * step / training.total_steps)
             if _checkpoint_due(bake.config, step, training.total_steps):
                 attempt.set_phase("checkpointing")

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from repo_store.jobs import Job
-from repo_store.records import CheckpointMarker, numbered
+from repo_store.records import CheckpointMarker, LiveStep, gen_name, numbered
 from repo_store.storage import Storage
 
 
@@ -101,8 +101,10 @@ class BakeRun:
         self.storage.write_bytes(path, "".join(json.dumps(row) + "\n" for row in self.iter_metrics()).encode())
         return path
 
-    def write_live(self, gen: int, live: dict[str, Any]) -> None:
-        self.storage.write_json(self._path("live", f"{gen:06d}.json"), live)
+    def write_live(self, gen: int, live: LiveStep) -> None:
+        self.storage.write_json(self._path("live", gen_name(gen)), live.to_json())
 
-    def read_live(self, gen: int) -> dict[str, Any] | None:
-        return self.storage.read_json(self._path("live", f"{gen:06d}.json"))
+    def read_live(self, gen: int) -> LiveStep | None:
+        path = self._path("live", gen_name(gen))
+        data = self.storage.read_json(path)
+        return None if data is None else LiveStep.from_json(data, path=path)

@@ -174,6 +174,15 @@ class CheckpointMarker(Record):
     metrics: list[dict[str, Any]] = []
 
 
+class LiveStep(Record):
+    """A running bake attempt's latest step and loss (overwritten as it trains; read for progress)."""
+
+    kind_of_file: ClassVar[str] = "live step"
+    step: int
+    total_steps: int
+    loss: float
+
+
 Plan = StimPlan | RolloutPlan | BakePlan
 PLAN_BY_KIND: dict[str, type[Plan]] = {"stim": StimPlan, "rollout": RolloutPlan, "bake": BakePlan}
 

@@ -29,7 +29,7 @@ from bakehouse.api import create_app
 from bakehouse.runner import JobRef, queued
 from bakehouse.status import visible_status
 from repo_store import JobStatus, Store
-from repo_store.records import BakePlan
+from repo_store.records import BakePlan, LiveStep
 from targets import PromptSpec, RepoSpec, TargetSpec
 
 QUESTIONS = [f"question {i}?" for i in range(12)]
@@ -449,8 +449,8 @@ class _StubJob:
 
 
 class _StubBakeRun:
-    def read_live(self, attempt: int) -> dict:
-        return {"step": 5, "loss": 0.5}
+    def read_live(self, attempt: int) -> LiveStep:
+        return LiveStep(step=5, total_steps=10, loss=0.5)
 
 
 class _ViewRunner:

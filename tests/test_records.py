@@ -11,8 +11,8 @@ import pytest
 
 from flows.rollout import run_rollout
 from repo_store import Store
-from repo_store.records import (BakePlan, ChunkMarker, Claim, Failure, Heartbeat, JobLayout, Manifest, RecordError,
-                                RolloutPlan, Stamp, StimPlan)
+from repo_store.records import (BakePlan, CheckpointMarker, ChunkMarker, Claim, Failure, Heartbeat, JobLayout, LiveStep, Manifest,
+                                RecordError, RolloutPlan, Stamp, StimPlan)
 from repo_store.parts import PartInfo
 from repo_store.timeline import read_timeline
 from test_flows import CountingEngines
@@ -95,6 +95,9 @@ def test_a_broken_record_is_refused_not_misread(old_workspace):
     StimPlan(num_chunks=2, total_expected=20),
     RolloutPlan(num_chunks=5, total_expected=40, stimuli=20, stimuli_per_chunk=4, chunks_per_shard=2),
     BakePlan(total_steps=48, trajectories=160, parent_model="smollm2-135m"),
+    CheckpointMarker(step=4, folder="00000004-g000001-ab", files={"adapter_model.safetensors": 10}, gen=1, token="t",
+                     metrics=[{"iter": 4, "loss": 0.5}]),
+    LiveStep(step=5, total_steps=48, loss=0.25),
 ])
 def test_every_record_reads_back_what_was_written_through_json(record):
     data = json.loads(json.dumps(record.to_json()))

@@ -89,7 +89,7 @@ def create_app(
 
 def app_from_env() -> FastAPI:
     """For `uvicorn bakehouse.api:app_from_env --factory` (storage from BAKEHOUSE_DATA)."""
-    from bakehouse.settings import apply_defaults
+    from bakehouse.process_defaults import apply_defaults
 
     apply_defaults()
     return create_app(Store(get_settings().data))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn, Optional
 
 import typer
 
-from bakehouse.settings import apply_defaults
+from bakehouse.process_defaults import apply_defaults
 
 if TYPE_CHECKING:
     from bakehouse._sdk.models import BakeResponse, JobStatus, OutputPage

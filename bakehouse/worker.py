@@ -11,7 +11,7 @@ import argparse
 import signal
 import sys
 
-from bakehouse.settings import apply_defaults
+from bakehouse.process_defaults import apply_defaults
 
 
 def _interrupt(signum, frame) -> None:

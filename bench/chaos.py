@@ -69,7 +69,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bakehouse.settings import apply_defaults  # noqa: E402
+from bakehouse.process_defaults import apply_defaults  # noqa: E402
 
 apply_defaults()
 
@@ -99,7 +99,7 @@ def check_rows(job, stimuli: int, n: int) -> tuple[int, int, int]:
 
 CHILD = textwrap.dedent("""
     import sys, time
-    from bakehouse.settings import apply_defaults
+    from bakehouse.process_defaults import apply_defaults
     apply_defaults()
     from flows.rollout import run_rollout
     from flows.runtime import Engines

@@ -51,7 +51,7 @@ START_ENV = dict(os.environ)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bakehouse.settings import apply_defaults  # noqa: E402
+from bakehouse.process_defaults import apply_defaults  # noqa: E402
 
 apply_defaults()
 

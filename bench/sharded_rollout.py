@@ -54,7 +54,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bakehouse.settings import apply_defaults  # noqa: E402
+from bakehouse.process_defaults import apply_defaults  # noqa: E402
 
 apply_defaults()
 
@@ -81,7 +81,7 @@ def plan_for(stimuli: int, n: int, chunk: int, per_shard: int) -> dict:
 
 BASELINE = textwrap.dedent("""
     import json, sys, time
-    from bakehouse.settings import apply_defaults
+    from bakehouse.process_defaults import apply_defaults
     apply_defaults()
     from flows.rollout import run_rollout_shard
     from flows.runtime import Engines

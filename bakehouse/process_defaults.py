@@ -1,4 +1,5 @@
-"""Process-wide defaults, applied by every entry point before Prefect or vLLM is imported."""
+"""Process-wide defaults of other tools (Prefect, vLLM, the model hub), applied by every entry point
+before Prefect or vLLM is imported. bakehouse's own settings are repo_store.settings."""
 
 from __future__ import annotations
 

@@ -12,45 +12,25 @@ import dataclasses
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 
 import anyio
 import httpx
 import pytest
-import uvicorn
 
 from bakehouse import AsyncClient, BadRequestError, Client, ConflictError, JobTimeout, NotFoundError, PermissionDeniedError, UnprocessableEntityError
 from bakehouse.api import create_app
 from bakehouse.runner import JobRef, queued
 from bakehouse.status import visible_status
+from net import free_port, serve_app, wait_until_healthy
 from repo_store import JobStatus, Store
 from repo_store.records import BakePlan, LiveStep
 from targets import PromptSpec, RepoSpec, TargetSpec
 
 QUESTIONS = [f"question {i}?" for i in range(12)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(url)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +45,7 @@ def prefect_server(tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}/api"
     try:
-        wait_http(f"{url}/health", 120)
+        wait_until_healthy(f"{url}/health", timeout=120, process=process)
         yield url
     finally:
         os.killpg(process.pid, 15)
@@ -86,15 +66,8 @@ def api(tmp_path_factory, prefect_server):
     saved = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = prefect_server  # inherited by the worker processes
     app = create_app(store)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base_url = f"http://127.0.0.1:{port}"
-    wait_http(f"{base_url}/v1/health", 30)
-    yield {"url": base_url, "keys": keys, "store": store, "app": app}
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(app) as base_url:
+        yield {"url": base_url, "keys": keys, "store": store, "app": app}
     app.state.runner.close()
     if saved is None:
         os.environ.pop("PREFECT_API_URL", None)

@@ -6,15 +6,13 @@ import json
 import socket
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 from bakehouse.api import create_app
 from bakehouse.cli import app
+from net import serve_app
 from repo_store import Store
 from runners import ThreadRunner
 
@@ -38,15 +36,8 @@ targets:
 def server(tmp_path_factory):
     data = str(tmp_path_factory.mktemp("cli-data"))
     store = Store(data)
-    uvicorn_server = uvicorn.Server(uvicorn.Config(create_app(store, ThreadRunner(store)), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    while not uvicorn_server.started:
-        time.sleep(0.05)
-    port = uvicorn_server.servers[0].sockets[0].getsockname()[1]
-    yield {"url": f"http://127.0.0.1:{port}", "data": data}
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(create_app(store, ThreadRunner(store))) as url:
+        yield {"url": url, "data": data}
 
 
 def test_keys_create_prints_the_secret_alone_on_the_last_line(tmp_path):
@@ -200,7 +191,7 @@ def test_errors_print_the_server_message_and_exit_non_zero(server, monkeypatch):
     assert result.exit_code == 1 and "Repository 'missing' not found" in result.output
     result = CliRunner().invoke(app, ["stim", "run", "nope", "--repo", "missing", "--no-wait"])
     assert result.exit_code == 1 and "scope" in result.output
-    with socket.socket() as unused:
+    with socket.socket() as unused:  # bound, not listening: nothing answers on it
         unused.bind(("127.0.0.1", 0))
         monkeypatch.setenv("BAKEHOUSE_BASE_URL", f"http://127.0.0.1:{unused.getsockname()[1]}")
         for command in (["stim", "status", "t"], ["rollout", "run", "t"], ["rollout", "output", "t"], ["stim", "cancel", "t"]):

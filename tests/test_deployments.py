@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 
 import pytest
-import uvicorn
 
 from bakehouse import Client
 from bakehouse.api import create_app
 from bakehouse.runner import PrefectRunner
-from bakehouse.up import Stack, free_port, start_stack
+from bakehouse.up import Stack, start_stack
+from net import free_port, serve_app
 from repo_store import Store
 
 pytestmark = [pytest.mark.prefect, pytest.mark.vllm]
@@ -55,16 +54,8 @@ def stack(tmp_path_factory):
         store = Store(data)
         _, key = store.keys.create(workspace="default", scope="write")
         app = create_app(store, PrefectRunner(stimuli_per_shard=300))
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.1)
-        yield {"client": Client(base_url=f"http://127.0.0.1:{port}", api_key=key, poll_interval=0.5), "store": store,
-               "stack": processes}
-        server.should_exit = True
-        thread.join(timeout=10)
+        with serve_app(app) as url:
+            yield {"client": Client(base_url=url, api_key=key, poll_interval=0.5), "store": store, "stack": processes}
     finally:
         processes.stop()
         os.environ.clear()

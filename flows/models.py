@@ -12,7 +12,8 @@ A baked checkpoint is used *merged*: its parent's weights with the LoRA adapter 
 (`merge_and_unload`), saved once under the model cache, keyed by the checkpoint's commit token (a
 re-created bake gets a new folder). A bake on top of it trains a fresh adapter on those merged
 weights, so its teacher (the adapter off) is exactly the first bake's model, and a rollout with it
-runs at the base model's speed (vLLM on CPU serves a LoRA adapter at about a quarter of the merged weights' throughput, measured by bench/serving.py).
+runs at the base model's speed (vLLM on CPU serves a LoRA adapter at about a quarter of the merged
+weights' throughput, as bench/serving.py measures).
 Chains work: a checkpoint whose parent is itself a checkpoint merges that one first.
 """
 

@@ -11,9 +11,9 @@ import pytest
 
 from flows.rollout import run_rollout
 from repo_store import Store
-from repo_store.records import (BakePlan, CheckpointMarker, ChunkMarker, Claim, Failure, Heartbeat, JobLayout, LiveStep, Manifest,
-                                RecordError, RolloutPlan, Stamp, StimPlan)
 from repo_store.parts import PartInfo
+from repo_store.records import (BakePlan, CheckpointMarker, ChunkMarker, Claim, Failure, Heartbeat, JobLayout, LiveStep,
+                                Manifest, RecordError, RolloutPlan, Stamp, StimPlan)
 from repo_store.timeline import read_timeline
 from test_flows import CountingEngines
 

@@ -58,7 +58,6 @@ from bakehouse._sdk.resources import (
     Recipes,
     Repos,
     Targets,
-    _dataframe,  # noqa: F401  (tests import it from here)
 )
 from bakehouse._sdk.waiting import BAKE_IN_PROGRESS, IN_PROGRESS, EventStream, Sleep, Wait
 

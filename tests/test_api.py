@@ -124,7 +124,7 @@ def test_whole_flow_through_our_sdk(api):
 
 
 def test_dataframes_keep_keys_that_only_late_rows_have():
-    from bakehouse.client import _dataframe
+    from bakehouse._sdk.resources import _dataframe
 
     rows = [{"stimulus_id": i, "response": {"content": "a"}} for i in range(150)]
     rows[120] = {"stimulus_id": 120, "response": None, "error": "too long"}

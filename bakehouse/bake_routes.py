@@ -1,4 +1,4 @@
-"""Bread's bake endpoints (spec §2.2 rows 25–33): define, start, watch and list bakes, and the signed
+"""Bread's bake endpoints: define, start, watch and list bakes, and the signed
 download links of their checkpoints.
 
 Routes stay thin over bakehouse.service, like the rest of the API. (No `from __future__ import

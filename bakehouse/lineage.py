@@ -1,5 +1,5 @@
-"""A bake's lineage: what it depends on, and the ordered steps that make it again (spec §1.1, §2.2
-rows 5, 36, 37).
+"""A bake's lineage: what it depends on, and the ordered steps that make it again (what Bread's
+repo tree, dependency graph and recreation plan endpoints show).
 
     read_lineage(ws, repo, bake)   BFS from the bake over what it needs: its parent bake (the bake
                                    whose checkpoint is its `model.parent_model_name`), its template

@@ -1,4 +1,4 @@
-"""Lineage endpoints (spec §2.2 rows 5, 36, 37): a repo's bake tree, a bake's dependency graph and
+"""Lineage endpoints (Bread's repo tree and recipe endpoints): a repo's bake tree, a bake's dependency graph and
 its recreation plan, in Bread's shapes (Bread's SDK validates them strictly). The graph work is in
 bakehouse.lineage; these routes only shape its records. (No `from __future__ import annotations`:
 FastAPI must see the dependency type `Read` itself, as in bakehouse.bake_routes.)

@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from bakehouse.client import BakehouseError, Client
 
-# The dependency each action satisfies, after `<resource_type>:<resource_name>` (spec §2.3).
+# The dependency each action satisfies, after `<resource_type>:<resource_name>` (as Bread's
+# recreation plan names dependencies, e.g. `target:pirate:stim_complete`).
 SATISFIES = {"create_prompt": "", "create_target": "", "create_bake": "", "run_stim": ":stim_complete",
              "run_rollout": ":rollout_complete", "run_bake": ":complete"}
 # Where a create body names a model that may be one of the source repo's checkpoints.

@@ -1,4 +1,5 @@
-"""The wire contract: request and response bodies of the Bread-compatible API (spec §2.3)."""
+"""The wire contract: request and response bodies of the Bread-compatible API (Bread's own SDK
+validates responses against the same shapes)."""
 
 from __future__ import annotations
 
@@ -298,7 +299,7 @@ class JobOutputDeleteResponse(BaseModel):
     deleted: DeletedCounts
 
 
-# -- recipes (spec §2.3 "Recipes") ----------------------------------------------------------------
+# -- recipes (Bread's dependency graph and recreation plan) ----------------------------------------------------------------
 
 
 class DependencyGraph(BaseModel):

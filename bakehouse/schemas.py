@@ -299,7 +299,7 @@ class JobOutputDeleteResponse(BaseModel):
     deleted: DeletedCounts
 
 
-# -- recipes (Bread's dependency graph and recreation plan) ----------------------------------------------------------------
+# -- recipes (Bread's dependency graph and recreation plan) ----------------------------------------
 
 
 class DependencyGraph(BaseModel):

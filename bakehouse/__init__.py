@@ -21,6 +21,7 @@ from bakehouse.client import (
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
+    UnexpectedResponseError,
     UnprocessableEntityError,
 )
 
@@ -40,5 +41,6 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
+    "UnexpectedResponseError",
     "UnprocessableEntityError",
 ]

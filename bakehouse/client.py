@@ -38,6 +38,7 @@ from bakehouse._sdk.errors import (
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
+    UnexpectedResponseError,
     UnprocessableEntityError,
     raise_for_status,
 )
@@ -66,7 +67,7 @@ __all__ = [
     "AsyncRecipes", "AsyncRepos", "AsyncTargets", "AuthenticationError", "BAKE_IN_PROGRESS", "BadRequestError",
     "BakehouseError", "Bakes", "Client", "ConflictError", "IN_PROGRESS", "InternalServerError", "Job", "JobFailed",
     "JobNotComplete", "JobTimeout", "Jobs", "NotFoundError", "PermissionDeniedError", "Prompts", "RateLimitError",
-    "Recipes", "Repos", "Response", "Targets", "UnprocessableEntityError",
+    "Recipes", "Repos", "Response", "Targets", "UnexpectedResponseError", "UnprocessableEntityError",
 ]
 
 T = TypeVar("T")
@@ -135,7 +136,7 @@ class Client(BaseClient):
         self.close()
 
     def _send(self, request: Request[T]) -> T:
-        return request.read(self.request(request.method, request.path, params=request.params, json=request.json))
+        return request.parse(self.request(request.method, request.path, params=request.params, json=request.json))
 
     def _wait(self, wait: Wait[J], first: J) -> J:
         """Run the steps of a wait (bakehouse/_sdk/waiting.py) with blocking calls."""
@@ -209,17 +210,22 @@ class AsyncClient(BaseClient):
         await self.aclose()
 
     async def _send(self, request: Request[T]) -> T:
-        return request.read(await self.request(request.method, request.path, params=request.params, json=request.json))
+        return request.parse(await self.request(request.method, request.path, params=request.params, json=request.json))
 
     async def _wait(self, wait: Wait[J], first: J) -> J:
-        """`Client._wait` with awaits."""
+        """`Client._wait` with awaits; `timeout` also bounds a status fetch that hangs (a cancel scope
+        can, where the blocking client has only the deadline between its steps)."""
         steps, done = wait.steps(first), None
-        while True:
-            try:
-                step = steps.send(done)
-            except StopIteration as end:
-                return end.value
-            done = await self._do(step)
+        try:
+            with anyio.fail_after(wait.timeout):
+                while True:
+                    try:
+                        step = steps.send(done)
+                    except StopIteration as end:
+                        return end.value
+                    done = await self._do(step)
+        except TimeoutError:
+            raise JobTimeout(f"{wait.what} did not finish within {wait.timeout}s") from None
 
     async def _do(self, step: Request[Any] | Sleep | EventStream) -> Any:
         if isinstance(step, Sleep):

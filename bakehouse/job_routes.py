@@ -30,13 +30,13 @@ EVENT_STREAM: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {}}, "description": EVENTS_DESCRIPTION}}
 
 router = APIRouter()
-_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:$|[Tt ]\d{2}:\d{2})")  # a date alone means its midnight
 
 
 def _date_time_text(value: object) -> object:
     # Pydantic reads numbers as Unix times too; the schema says `date-time`, and so does the server.
     if not isinstance(value, str) or not _DATE_TIME.match(value):
-        raise ValueError("must be an ISO 8601 date and time, e.g. 2025-01-31T12:00:00Z")
+        raise ValueError("must be an ISO 8601 date and time, e.g. 2025-01-31T12:00:00Z (or a date, 2025-01-31)")
     return value
 
 

@@ -59,8 +59,16 @@ class TargetConfigBody(_Body):
     overrides: dict[str, Any] | None = None
 
 
+class BatchTargetItem(_Body):
+    # Names are checked per item, as Bread does: a bad one is reported under `failed` and the
+    # other items are still created, so the batch's schema does not refuse it whole.
+    target_name: str = Field(description="A name as in a single create; a bad one is reported under `failed`")
+    template: str
+    overrides: dict[str, Any] | None = None
+
+
 class BatchTargetCreate(_Body):
-    targets: list[TargetCreate]
+    targets: list[BatchTargetItem]
 
 
 class BakeCreate(_Body):
@@ -75,8 +83,15 @@ class BakeConfigBody(_Body):
     overrides: dict[str, Any] | None = None
 
 
+class BatchBakeItem(_Body):
+    # Checked per item, like BatchTargetItem.
+    bake_name: str = Field(description="A name as in a single create; a bad one is reported under `failed`")
+    template: str = "default"
+    overrides: dict[str, Any] | None = None
+
+
 class BatchBakeCreate(_Body):
-    bakes: list[BakeCreate]
+    bakes: list[BatchBakeItem]
 
 
 # -- responses -----------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ A baked checkpoint is served one of two ways (BAKEHOUSE_SERVE_CHECKPOINTS, else 
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import threading

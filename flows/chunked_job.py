@@ -42,7 +42,7 @@ class ChunkedRun:
     def missing(self, within: range | None = None) -> list[int]:
         """The chunks still to produce, in order (of the whole plan, or of `within`)."""
         done = self.committed()
-        return [index for index in (within or range(self.plan.num_chunks)) if index not in done]
+        return [index for index in (range(self.plan.num_chunks) if within is None else within) if index not in done]
 
     def commit(self, index: int, table: pa.Table, stats: dict[str, Any] | None = None) -> ChunkMarker:
         """Commit chunk `index` and show the progress. The returned marker is the winner's: when
@@ -53,11 +53,17 @@ class ChunkedRun:
             self.committed()
         else:  # counted, not listed: listing every marker after each commit grows with the job
             self._committed_count += 1
-        self.progress.update(100.0 * self._committed_count / max(self.plan.num_chunks, 1))
+        self.progress.update(min(100.0, 100.0 * self._committed_count / max(self.plan.num_chunks, 1)))
         return marker
 
     def won(self, marker: ChunkMarker) -> bool:
         return marker.token == self.attempt.token
+
+    def redo(self, index: int) -> None:
+        """Drop committed chunk `index` (it no longer fits the chunks before it) so it is produced again."""
+        self.attempt.discard_chunk(index)
+        if self._committed_count is not None:
+            self._committed_count -= 1
 
 
 class ChunkedKind(Protocol):

@@ -102,7 +102,7 @@ class StimKind:
                 if cursor.lines_up(kept):
                     cursor = cursor.after(kept)
                     continue
-                run.attempt.discard_chunk(index)
+                run.redo(index)
             rows, stats = self._stimuli(run, index, cursor)
             marker = run.commit(index, rows_to_table(rows, ["stimulus_id"]), stats)
             cursor = cursor.after(rows if run.won(marker) else run.job.chunk_rows(index))  # the winner's rows

@@ -32,8 +32,11 @@ ADAPTER_ARCHIVE = "adapter.tar.gz"  # both adapter files: what a download hands 
 STATE_FILE = "training_state.pt"  # optimizer, RNGs and step: what a resume needs
 
 
+STEP_DIGITS = 8
+
+
 def _step_name(step: int) -> str:
-    return f"{step:08d}"
+    return f"{step:0{STEP_DIGITS}d}"
 
 
 class BakeRun:
@@ -71,7 +74,7 @@ class BakeRun:
     def checkpoints(self) -> list[CheckpointMarker]:
         """Every committed checkpoint, oldest first."""
         records = []
-        for step in numbered(self.storage.list_names(self._path("checkpoints"))):
+        for step in numbered(self.storage.list_names(self._path("checkpoints")), width=STEP_DIGITS):
             if record := self.checkpoint(step):
                 records.append(record)
         return sorted(records, key=lambda r: r.step)

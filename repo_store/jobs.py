@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from repo_store.parts import ROW_COLUMN, PartInfo, decode_rows, write_part, write_part_to
 from repo_store.records import (PLAN_BY_KIND, ChunkMarker, Claim, Failure, Heartbeat, JobLayout, Manifest, Plan,
-                                Record, Stamp, numbered)
+                                Record, Stamp, gen_name, numbered)
 from repo_store.storage import Storage
 from repo_store.settings import get_settings
 
@@ -115,7 +115,7 @@ class Job:
         found: dict[int, ChunkMarker] = {}
         versions = self.storage.list_versions(self.layout.chunks)
         for index in numbered(list(versions)):
-            version = versions[f"{index:06d}.json"]
+            version = versions[gen_name(index)]
             cached = self._chunk_cache.get(index)
             if cached is None or cached[0] != version:
                 marker = self._read(ChunkMarker, self.layout.chunk(index))
@@ -165,9 +165,12 @@ class Job:
         return self._claim_cache[key]
 
     def latest_claim(self, scope: str = "") -> Claim | None:
-        """The newest claim of the job (or of one shard); None before any."""
+        """The newest claim of the job (or of one shard); None before any. A claim listed but not
+        readable (deleted under the listing) reads as one whose lease has long run out."""
         gens = self._claim_gens(scope)
-        return self.read_claim(gens[-1], scope) if gens else None
+        if not gens:
+            return None
+        return self.read_claim(gens[-1], scope) or Claim(gen=gens[-1], token="", at=0.0)
 
     def claims(self, scope: str = "") -> list[Claim]:
         """Every claim of the job (or of one shard), oldest first."""

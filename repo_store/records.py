@@ -7,7 +7,8 @@ that does not have the shape of its kind (a broken writer, a truncated upload), 
 `RecordError` naming the file instead of being misread. Records written before versioning (no `v`)
 have version 1's shape.
 
-The folder of one job (see repo_store.jobs for what each file means):
+The folder of one job (see repo_store.jobs for what each file means; a bake's checkpoints and live
+step are paths of its run folder, named in repo_store.bakes):
 
     plan.json  manifest.json
     claims/ heartbeats/ failures/ <gen:06d>.json      (also under shards/<scope>/ for one shard)
@@ -36,7 +37,9 @@ class RecordError(Exception):
 class Record(BaseModel):
     # Fields a later version adds to a record of the same version are ignored, not refused: only a
     # change of shape bumps `v`.
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    # NaN and infinity (a diverged loss, an infinite gradient norm) are kept as JSON's `NaN` and
+    # `Infinity`, as json.dumps writes them, not turned into null.
+    model_config = ConfigDict(frozen=True, extra="ignore", ser_json_inf_nan="constants")
     kind_of_file: ClassVar[str] = "record"
 
     v: int = RECORD_VERSION
@@ -187,14 +190,20 @@ Plan = StimPlan | RolloutPlan | BakePlan
 PLAN_BY_KIND: dict[str, type[Plan]] = {"stim": StimPlan, "rollout": RolloutPlan, "bake": BakePlan}
 
 
-def gen_name(gen: int) -> str:
-    return f"{gen:06d}.json"
+def gen_name(gen: int, width: int = 6) -> str:
+    """The file name of record number `gen` (attempts and chunks: 6 digits; bake steps: 8)."""
+    return f"{gen:0{width}d}.json"
 
 
-def numbered(names: list[str]) -> list[int]:
-    """The numbers of `<n:06d>.json` files in a listing, in order (other names are not records)."""
-    return sorted(int(name.removesuffix(".json")) for name in names
-                  if name.endswith(".json") and name.removesuffix(".json").isdigit())
+def numbered(names: list[str], width: int = 6) -> list[int]:
+    """The numbers of the records named `gen_name(n, width)` in a listing, in order; any other name
+    (a temporary file, a hand-made copy) is not a record and is left out."""
+    numbers = []
+    for name in names:
+        stem = name.removesuffix(".json")
+        if name.endswith(".json") and stem.isdigit() and gen_name(int(stem), width) == name:
+            numbers.append(int(stem))
+    return sorted(numbers)
 
 
 @dataclass(frozen=True)
@@ -226,10 +235,6 @@ class JobLayout:
 
     def failure(self, gen: int, scope: str = "") -> str:
         return f"{self.claims_folder(scope, 'failures')}/{gen_name(gen)}"
-
-    @property
-    def cancels(self) -> str:
-        return self.path("cancels")
 
     def cancel(self, gen: int) -> str:
         return self.path("cancels", gen_name(gen))

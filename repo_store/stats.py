@@ -10,7 +10,6 @@ histogram with 10 %-wide buckets, which merges by adding counts (no sample list 
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping

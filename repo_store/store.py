@@ -380,8 +380,8 @@ class Workspace:
             raise NotFound(f"The {kind} job of target '{target_name}' was never started: it has no output to delete")
         # Commit points first: a delete cut short leaves a job that reads unfinished and can be
         # deleted again or resumed, never a manifest or marker naming parts that are gone.
-        for commit_point in ("manifest.json", "chunks"):
-            self.storage.delete_tree(f"{job.folder}/{commit_point}")
+        for commit_point in (job.layout.manifest, job.layout.chunks):
+            self.storage.delete_tree(commit_point)
         self.storage.delete_tree(job.folder)
         self.store.forget_job(job)
         return DeletedOutput(status.lines, len(files))

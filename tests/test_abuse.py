@@ -67,7 +67,6 @@ TARGET = {"teacher_prompt": "p", "student_prompt": "p", "generators": [{"type": 
         ("post", "/v1/repo/nope/targets/t/stim", None, 404),
         ("get", "/v1/repo/sp%20ace/targets", None, 422),
         ("post", "/v1/repo/r/targets/.t/stim", None, 422),
-        ("post", "/v1/repo/r/targets/batch", {"targets": [{"target_name": "a/b", "template": "default"}]}, 422),
         ("get", "/v1/jobs?created_before=0.5", None, 422),  # the schema says date-time, not a number
         ("post", "/v1/repo", {"repo_name": "big", "base_model": "x" * 60_000}, 413),
     ],
@@ -84,6 +83,22 @@ def test_bad_input_is_refused_in_the_envelope_without_side_effects(api, method, 
     assert isinstance(envelope["message"], str) and envelope["message"] and envelope["code"]
     assert snapshot(client) == before
     assert api["runner"].submitted == []
+
+
+def test_a_batch_reports_a_bad_name_under_failed_and_creates_the_rest(api):
+    body = {"targets": [{"target_name": "a/b", "template": "default", "overrides": TARGET},
+                        {"target_name": "batched", "template": "default", "overrides": TARGET}]}
+    response = api["client"].post("/v1/repo/r/targets/batch", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["created"] == ["batched"] and "a/b" in response.json()["failed"]
+    bakes = api["client"].post("/v1/repo/r/bakes/batch", json={"bakes": [{"bake_name": "sp ace"}]})
+    assert bakes.status_code == 200 and "sp ace" in bakes.json()["failed"]
+
+
+def test_the_job_list_takes_a_date_or_a_date_and_time_but_not_a_number(api):
+    for since in ("2025-01-31", "2025-01-31T12:00:00Z"):
+        assert api["client"].get("/v1/jobs", params={"created_after": since}).status_code == 200, since
+    assert api["client"].get("/v1/jobs", params={"created_after": "1738281600"}).status_code == 422
 
 
 def test_lying_content_length_cannot_smuggle_a_huge_body(api):

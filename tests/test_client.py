@@ -234,6 +234,7 @@ def test_every_sdk_error_is_a_bakehouse_error():
         ("GET", "/v1/repo/broken", httpx.Response(502, text="bad gateway")),
         ("GET", "/v1/repo/r/targets/t/stim(/output)?", {**RUNNING, "output": [], "offset": 0, "limit": 1, "has_more": False}),
         ("GET", "/v1/repo/r/bakes/b", {"status": "failed", "error": "out of memory"}),
+        ("GET", "/v1/repo/odd", {"repo_name": 7}),  # not what the schema says a repo is
     ]
     client, aclient = clients(server)
     offline, aoffline = clients(refuse)
@@ -244,6 +245,7 @@ def test_every_sdk_error_is_a_bakehouse_error():
         (bakehouse.JobTimeout, lambda c: c.targets.stim.wait("t", repo_name="r", timeout=0.05)),
         (bakehouse.JobFailed, lambda c: c.bakes.run("b", repo_name="r")),
         (bakehouse.JobNotComplete, lambda c: c.targets.stim.iter_output("t", repo_name="r")),
+        (bakehouse.UnexpectedResponseError, lambda c: c.repo.get("odd")),
     ]
 
     async def on_async(call):

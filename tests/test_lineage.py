@@ -3,7 +3,6 @@ own SDK with strict response validation), and `bakehouse recipe replay` into a n
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import pytest

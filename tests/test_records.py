@@ -118,3 +118,11 @@ def test_the_layout_names_every_protocol_path_once():
     assert layout.chunk(12) == "ws/jobs/x/rollout/chunks/000012.json"
     assert (layout.manifest, layout.plan) == ("ws/jobs/x/rollout/manifest.json", "ws/jobs/x/rollout/plan.json")
     assert JobLayout.chunk_part_name(12, 3, "ab") == "parts/000012-g000003-ab.parquet"
+
+
+def test_only_canonical_record_names_are_numbered():
+    from repo_store.records import numbered
+
+    listing = ["000002.json", "000010.json", "12.json", "0000003.json", "x.json", "000004.json.tmp", "00000008.json"]
+    assert numbered(listing) == [2, 10]
+    assert numbered(listing, width=8) == [8]  # a bake's checkpoint markers

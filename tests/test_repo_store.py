@@ -6,7 +6,6 @@ import io
 import json
 import multiprocessing
 import threading
-import time
 
 import pytest
 

@@ -7,6 +7,7 @@ tests, a worker that calls another server) needs one `except`.
     ├── APIError                  the server answered with an error (`status_code`, `code`, `message`)
     │   ├── BadRequestError       400 ... InternalServerError 5xx
     ├── APIConnectionError        no answer: the server cannot be reached, or did not answer in time
+    ├── UnexpectedResponseError   an answer that is not what the API's schema says (another version?)
     ├── JobFailed                 a waited-for job ended `failed` (`job` holds its status)
     ├── JobTimeout                a wait ran past its `timeout`
     └── JobNotComplete            reading all of a job's output before it is complete
@@ -77,6 +78,15 @@ class APIConnectionError(BakehouseError):
     def of(cls, error: httpx.TransportError) -> APIConnectionError:
         server = error.request.url.copy_with(path="/", query=None)
         return cls(f"cannot reach the server at {server}: {error}")
+
+
+class UnexpectedResponseError(BakehouseError):
+    """A successful answer whose body does not have its schema's shape (a server of another
+    version, or a proxy's page); `body` holds what came back."""
+
+    def __init__(self, message: str, body: Any = None):
+        super().__init__(message)
+        self.body = body
 
 
 class JobFailed(BakehouseError):

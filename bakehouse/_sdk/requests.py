@@ -9,10 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from bakehouse import schemas
 from bakehouse._sdk import models as m
+from bakehouse._sdk.errors import UnexpectedResponseError
 from bakehouse._sdk.waiting import BAKE_IN_PROGRESS, IN_PROGRESS, Pages, Progress, Wait, check_complete
 
 T = TypeVar("T")
@@ -25,6 +26,15 @@ class Request(Generic[T]):
     read: Callable[[Any], T]  # the answer's JSON -> what the SDK method returns
     params: dict[str, Any] | None = None
     json: Any = None
+
+    def parse(self, body: Any) -> T:
+        """The answer as this request's type; UnexpectedResponseError when it does not fit."""
+        try:
+            return self.read(body)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:3])
+            raise UnexpectedResponseError(f"the answer to {self.method} {self.path} is not what this SDK expects "
+                                          f"({problems}); is the server another version?", body) from None
 
 
 def _names(schema: type[BaseModel], field: str) -> Callable[[Any], list[str]]:

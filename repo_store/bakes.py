@@ -68,8 +68,8 @@ class BakeRun:
 
     def checkpoint(self, step: int) -> CheckpointMarker | None:
         path = self._path("checkpoints", f"{_step_name(step)}.json")
-        data = self.storage.read_json(path)
-        return None if data is None else CheckpointMarker.from_json(data, path=path)
+        data = self.storage.read_bytes(path)
+        return None if data is None else CheckpointMarker.from_bytes(data, path=path)
 
     def checkpoints(self) -> list[CheckpointMarker]:
         """Every committed checkpoint, oldest first."""
@@ -109,5 +109,5 @@ class BakeRun:
 
     def read_live(self, gen: int) -> LiveStep | None:
         path = self._path("live", gen_name(gen))
-        data = self.storage.read_json(path)
-        return None if data is None else LiveStep.from_json(data, path=path)
+        data = self.storage.read_bytes(path)
+        return None if data is None else LiveStep.from_bytes(data, path=path)

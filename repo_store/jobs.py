@@ -95,8 +95,8 @@ class Job:
 
     def _read(self, record: type[R], path: str) -> R | None:
         """The record at `path`, validated (RecordError if unreadable); None when there is none."""
-        data = self.storage.read_json(path)
-        return None if data is None else record.from_json(data, path=path)
+        data = self.storage.read_bytes(path)
+        return None if data is None else record.from_bytes(data, path=path)
 
     # -- reading state -------------------------------------------------------------------------
 

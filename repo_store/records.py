@@ -18,6 +18,7 @@ step are paths of its run folder, named in repo_store.bakes):
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -54,6 +55,14 @@ class Record(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @classmethod
+    def from_bytes(cls: type[R], data: bytes, *, path: str = "") -> R:
+        try:
+            parsed = json.loads(data)
+        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+            raise RecordError(f"{path or cls.kind_of_file}: unreadable {cls.kind_of_file} (not JSON: {error})") from None
+        return cls.from_json(parsed, path=path)
 
     @classmethod
     def from_json(cls: type[R], data: Any, *, path: str = "") -> R:

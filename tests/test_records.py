@@ -126,3 +126,30 @@ def test_only_canonical_record_names_are_numbered():
     listing = ["000002.json", "000010.json", "12.json", "0000003.json", "x.json", "000004.json.tmp", "00000008.json"]
     assert numbered(listing) == [2, 10]
     assert numbered(listing, width=8) == [8]  # a bake's checkpoint markers
+
+
+def test_a_diverged_loss_stays_nan_on_storage_not_null():
+    import math
+
+    marker = CheckpointMarker(step=2, folder="f", files={}, gen=1, metrics=[{"loss": float("nan"), "grad_norm": float("inf")}])
+    back = CheckpointMarker.from_json(json.loads(json.dumps(marker.to_json())))
+    assert math.isnan(back.metrics[0]["loss"]) and back.metrics[0]["grad_norm"] == float("inf")
+
+
+def test_a_claim_listed_but_gone_when_read_reads_as_expired_and_the_next_attempt_takes_over(old_workspace, monkeypatch):
+    job = old_workspace.job("r", "t", "rollout")
+    Path(job.storage.url_for(job.layout.failure(1))).unlink()  # so only the claim can say it is over
+    claim_path, read_bytes = job.layout.claim(1), type(job.storage).read_bytes
+    # Deleted between the listing and the read (an eventually consistent store): listed, reads as None.
+    monkeypatch.setattr(type(job.storage), "read_bytes", lambda s, path: None if path == claim_path else read_bytes(s, path))
+    status = job.status()
+    assert (status.status, status.attempt) == ("failed", 1)  # resumable, as before records: not "not_started"
+    attempt = job.claim("rescuer")
+    assert attempt is not None and attempt.gen == 2
+
+
+def test_a_record_that_is_not_json_is_refused_by_name(old_workspace):
+    job = old_workspace.job("r", "t", "rollout")
+    Path(job.storage.url_for(job.layout.claim(1))).write_text("{half a clai")
+    with pytest.raises(RecordError, match=r"claims/000001.json: unreadable claim \(not JSON"):
+        job.status()

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import threading
 
-from repo_store import JobStatus, Store
+from repo_store import Cancelled, JobStatus, Store
+
+
+def _as_worker(run):
+    """`run` as a worker runs it: a cancelled job ends its worker, and the job itself says
+    "cancelled", so the thread ends quietly (any other error still surfaces)."""
+
+    def work(*args, **kwargs):
+        try:
+            run(*args, **kwargs)
+        except Cancelled:
+            pass
+
+    return work
 
 
 class RecordingRunner:
@@ -43,7 +56,7 @@ class ThreadRunner(RecordingRunner):
         super().submit(ref, status)
         run = {"stim": run_stim, "rollout": run_rollout, "bake": run_bake}[ref.kind]
         workspace = self.store.workspace(ref.workspace)
-        thread = self.threads[ref] = threading.Thread(target=run, args=(workspace, ref.repo_name, ref.target_name))
+        thread = self.threads[ref] = threading.Thread(target=_as_worker(run), args=(workspace, ref.repo_name, ref.target_name))
         thread.start()
 
     def active(self, ref) -> bool:
@@ -65,6 +78,6 @@ class SlowRunner(ThreadRunner):
             return super().submit(ref, status)
         self.submitted.append(ref)
         ws = self.store.workspace(ref.workspace)
-        self.threads[ref] = threading.Thread(target=run_rollout, args=(ws, ref.repo_name, ref.target_name),
+        self.threads[ref] = threading.Thread(target=_as_worker(run_rollout), args=(ws, ref.repo_name, ref.target_name),
                                              kwargs={"engines": Engines(delay=self.delay), "chunk_size": 2})
         self.threads[ref].start()
